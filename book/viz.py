@@ -1,0 +1,210 @@
+"""Plotly figures for the book, built so they stay interactive on the static website.
+
+Every control here (slider, dropdown) is plotly's own: the variants are computed in Python
+beforehand and stored in the figure, so the browser can switch between them with no kernel.
+
+On the website, ``use_site_renderer()`` (called by ``book.setup()`` during the build) makes each
+figure an HTML snippet that relies on the site's single shared copy of plotly.js.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.io.base_renderers import MimetypeRenderer
+from plotly.subplots import make_subplots
+
+SITE_RENDERER = "book_site"
+PLOT_CONFIG = {"responsive": True, "displaylogo": False}
+COLORSCALE = "Blues"  # light -> dark blue: readable on white cards in both light and dark themes
+FONT = dict(family="system-ui, -apple-system, 'Segoe UI', sans-serif", size=13)
+
+
+class _SiteRenderer(MimetypeRenderer):
+    """HTML without plotly.js, MathJax or auto-play: the page loads plotly.js once, from _static."""
+
+    def to_mimebundle(self, fig_dict):
+        html = pio.to_html(
+            fig_dict,
+            include_plotlyjs=False,
+            include_mathjax=False,
+            full_html=False,
+            auto_play=False,
+            config=PLOT_CONFIG,
+            validate=False,
+        )
+        return {"text/html": f'<div class="book-plotly">{html}</div>'}
+
+
+def use_site_renderer() -> None:
+    """Make every ``fig.show()`` / displayed figure emit site-ready HTML."""
+    pio.renderers[SITE_RENDERER] = _SiteRenderer()
+    pio.renderers.default = SITE_RENDERER
+
+
+def _to_numpy(a) -> np.ndarray:
+    if hasattr(a, "detach"):  # torch tensor, on any device
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=float)
+
+
+def _check_labels(weights: np.ndarray, rows: Sequence[str], cols: Sequence[str]) -> None:
+    if weights.ndim != 2:
+        raise ValueError(f"an attention map must be 2-D (T_q, T_k); got shape {weights.shape}")
+    if len(rows) != weights.shape[0] or len(cols) != weights.shape[1]:
+        raise ValueError(
+            f"labels don't match the map: {len(rows)} row labels and {len(cols)} column labels "
+            f"for a map of shape {weights.shape}"
+        )
+
+
+def _hover_cells(rows: Sequence[str], cols: Sequence[str]) -> np.ndarray:
+    """(T_q, T_k, 2) array of (query token, key token) strings, shown on hover."""
+    cells = np.empty((len(rows), len(cols), 2), dtype=object)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            cells[i, j] = (f"{r} [{i}]", f"{c} [{j}]")
+    return cells
+
+
+def _heatmap_trace(z, rows, cols, zmax, colorbar_title) -> go.Heatmap:
+    show_text = len(rows) * len(cols) <= 100  # write the numbers in the cells of small maps
+    return go.Heatmap(
+        z=z,
+        x=list(range(len(cols))),  # positions, not strings: duplicate tokens stay distinct
+        y=list(range(len(rows))),
+        customdata=_hover_cells(rows, cols),
+        hovertemplate="query %{customdata[0]} → key %{customdata[1]}<br>weight %{z:.4f}<extra></extra>",
+        texttemplate="%{z:.2f}" if show_text else None,
+        colorscale=COLORSCALE,
+        zmin=0.0,
+        zmax=zmax,
+        colorbar=dict(title=dict(text=colorbar_title), thickness=12),
+    )
+
+
+def _axes(fig, rows, cols, row=None, col=None, title_x="key (attended to)", title_y="query (attending)"):
+    fig.update_xaxes(tickmode="array", tickvals=list(range(len(cols))), ticktext=list(cols),
+                     title_text=title_x, tickangle=-45, side="bottom", row=row, col=col)
+    fig.update_yaxes(tickmode="array", tickvals=list(range(len(rows))), ticktext=list(rows),
+                     title_text=title_y, autorange="reversed", row=row, col=col)
+
+
+def _layout(fig, title, n_rows, extra_height=0):
+    fig.update_layout(
+        title=dict(text=title, x=0.0, xanchor="left"),
+        template="plotly_white",
+        font=FONT,
+        height=int(min(720, 200 + 26 * n_rows + extra_height)),
+        margin=dict(l=70, r=20, t=60, b=70),
+    )
+    return fig
+
+
+def attention_heatmap(weights, rows: Sequence[str], cols: Sequence[str] | None = None, *,
+                      title: str = "Attention weights", zmax: float = 1.0,
+                      colorbar_title: str = "weight") -> go.Figure:
+    """One attention map: rows are queries, columns are keys; hover shows the exact weight."""
+    z = _to_numpy(weights)
+    cols = list(rows) if cols is None else list(cols)
+    _check_labels(z, rows, cols)
+    fig = go.Figure(_heatmap_trace(z, rows, cols, zmax, colorbar_title))
+    _axes(fig, rows, cols)
+    return _layout(fig, title, len(rows))
+
+
+def attention_explorer(maps: Mapping[str, object], rows: Sequence[str], cols: Sequence[str] | None = None, *,
+                       control: str = "slider", label: str = "variant", title: str = "Attention weights",
+                       active: int = 0, zmax: float = 1.0) -> go.Figure:
+    """Several precomputed maps of the same shape behind a slider or a dropdown.
+
+    ``maps``: {"T = 0.5": weights, "T = 1": weights, ...} — one entry per position of the control.
+    The control swaps the drawn map in the browser, so it works on the static site.
+    """
+    if control not in ("slider", "dropdown"):
+        raise ValueError(f"control must be 'slider' or 'dropdown', got {control!r}")
+    if not maps:
+        raise ValueError("maps is empty: give at least one {label: weights} entry")
+    cols = list(rows) if cols is None else list(cols)
+    names = list(maps)
+    zs = [_to_numpy(maps[n]) for n in names]
+    for z in zs:
+        _check_labels(z, rows, cols)
+    fig = go.Figure(_heatmap_trace(zs[active], rows, cols, zmax, "weight"))
+    _axes(fig, rows, cols)
+    steps = [
+        dict(method="update", label=n, args=[{"z": [z]}, {"title.text": f"{title} — {label}: {n}"}])
+        for n, z in zip(names, zs)
+    ]
+    fig.update_layout(title_text=f"{title} — {label}: {names[active]}")
+    if control == "slider":
+        fig.update_layout(sliders=[dict(active=active, steps=steps, pad=dict(t=60),
+                                         currentvalue=dict(prefix=f"{label}: "))])
+        return _layout(fig, fig.layout.title.text, len(rows), extra_height=90)
+    fig.update_layout(updatemenus=[dict(buttons=steps, active=active, x=1.0, xanchor="right",
+                                        y=1.12, yanchor="bottom", direction="down")])
+    return _layout(fig, fig.layout.title.text, len(rows), extra_height=20)
+
+
+def query_explorer(weights, rows: Sequence[str], cols: Sequence[str] | None = None, *,
+                   title: str = "Where one query looks") -> go.Figure:
+    """Bar chart of one query's weights over the keys, with a slider to pick the query token."""
+    z = _to_numpy(weights)
+    cols = list(rows) if cols is None else list(cols)
+    _check_labels(z, rows, cols)
+    x = list(range(len(cols)))
+    fig = go.Figure(go.Bar(x=x, y=z[0], marker_color="#2b6cb0",
+                           customdata=[f"{c} [{j}]" for j, c in enumerate(cols)],
+                           hovertemplate="key %{customdata}<br>weight %{y:.4f}<extra></extra>"))
+    steps = [
+        dict(method="update", label=f"{r} [{i}]",
+             args=[{"y": [z[i]]}, {"title.text": f"{title}: query “{r}” [{i}]"}])
+        for i, r in enumerate(rows)
+    ]
+    fig.update_layout(
+        title=dict(text=f"{title}: query “{rows[0]}” [0]", x=0.0, xanchor="left"),
+        template="plotly_white", font=FONT, height=420, margin=dict(l=60, r=20, t=60, b=60),
+        yaxis=dict(range=[0, 1], title_text="attention weight"),
+        xaxis=dict(tickmode="array", tickvals=x, ticktext=cols, tickangle=-45, title_text="key"),
+        sliders=[dict(active=0, steps=steps, pad=dict(t=70), currentvalue=dict(prefix="query: "))],
+    )
+    return fig
+
+
+def attention_grid(maps: Mapping[str, object], rows: Sequence[str], cols: Sequence[str] | None = None, *,
+                   ncols: int = 4, title: str = "All heads") -> go.Figure:
+    """Small multiples: one map per entry (e.g. per head), sharing one colour scale."""
+    cols = list(rows) if cols is None else list(cols)
+    names = list(maps)
+    nrows = -(-len(names) // ncols)
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=names,
+                        horizontal_spacing=0.04, vertical_spacing=0.08)
+    for idx, n in enumerate(names):
+        z = _to_numpy(maps[n])
+        _check_labels(z, rows, cols)
+        tr = _heatmap_trace(z, rows, cols, 1.0, "weight")
+        tr.update(texttemplate=None, showscale=idx == 0)
+        r, c = idx // ncols + 1, idx % ncols + 1
+        fig.add_trace(tr, row=r, col=c)
+        _axes(fig, rows, cols, row=r, col=c, title_x="", title_y="")
+    fig.update_layout(title=dict(text=title, x=0.0), template="plotly_white", font=FONT,
+                      height=int(120 + nrows * (60 + 16 * len(rows))), margin=dict(l=60, r=20, t=80, b=40))
+    return fig
+
+
+def line_plot(x, ys: Mapping[str, Sequence[float]], *, title: str, x_title: str, y_title: str,
+              log_x: bool = False, log_y: bool = False, mode: str = "lines+markers") -> go.Figure:
+    """A plain multi-series line chart in the book's style (hover shows exact values)."""
+    fig = go.Figure()
+    for name, y in ys.items():
+        fig.add_trace(go.Scatter(x=list(x), y=list(y), name=name, mode=mode))
+    fig.update_layout(title=dict(text=title, x=0.0), template="plotly_white", font=FONT, height=420,
+                      margin=dict(l=70, r=20, t=60, b=60), xaxis_title=x_title, yaxis_title=y_title,
+                      legend=dict(orientation="h", y=-0.2))
+    if log_x:
+        fig.update_xaxes(type="log")
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
