@@ -29,16 +29,19 @@ def _load(path: Path) -> dict:
         return {}
 
 
+_SESSION: dict = {}  # used when no file is kept (the website build, BOOK_PROGRESS_FILE=off)
+
+
 def record(result) -> None:
     """Store the latest outcome of an exercise; 'passed' stays True once earned."""
     path = progress_file()
-    if path is None:
-        return
-    data = _load(path)
+    data = _load(path) if path else _SESSION
     entry = data.get(result.exercise, {})
     entry.update(last=("pass" if result.passed else "fail"), when=time.strftime("%Y-%m-%d %H:%M"),
                  passed=bool(entry.get("passed")) or result.passed)
     data[result.exercise] = entry
+    if path is None:
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -79,7 +82,7 @@ def progress(chapter: str | None = None) -> Progress:
     from book.grader import exercises
 
     path = progress_file()
-    data = _load(path) if path else {}
+    data = _load(path) if path else _SESSION
     rows = []
     for ex in exercises(chapter):
         e = data.get(ex, {})

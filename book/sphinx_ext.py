@@ -1,0 +1,85 @@
+"""Sphinx extension for the website build (listed in _config.yml): an offline site.
+
+* Marks the build (``BOOK_SITE_BUILD=1``) so notebooks executed by jupyter-book render plotly
+  figures for the site and ``show_attention`` returns static figures (see ``book.widgets``).
+* Copies plotly.js (from the installed plotly wheel) and MathJax 3 (from the installed
+  ``django-static-mathjax`` package) into ``_static/vendor/`` and points the pages at them,
+  so the built HTML loads nothing from a CDN. No third-party JavaScript is committed.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from book.runtime import SITE_BUILD_ENV
+
+PLOTLY_JS = "vendor/plotly.min.js"
+MATHJAX_JS = "vendor/mathjax/tex-chtml.js"
+_MATHJAX_PARTS = ("tex-chtml.js", "input/tex/extensions", "output/chtml/fonts/woff-v2", "ui", "a11y", "adaptors")
+
+
+def plotly_js_source() -> Path:
+    import plotly
+
+    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    if not path.exists():
+        raise FileNotFoundError(f"plotly.min.js not found in the plotly package ({path})")
+    return path
+
+
+def mathjax_source() -> Path:
+    import mathjax  # the module of the django-static-mathjax package
+
+    path = Path(mathjax.__file__).parent / "static" / "mathjax" / "es5"
+    if not (path / "tex-chtml.js").exists():
+        raise FileNotFoundError(f"MathJax 3 es5 build not found in {path}; pip install django-static-mathjax")
+    return path
+
+
+def copy_vendor(static_dir: Path) -> None:
+    """Put plotly.min.js and the parts of MathJax the pages use under ``static_dir/vendor``."""
+    vendor = static_dir / "vendor"
+    vendor.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(plotly_js_source(), vendor / "plotly.min.js")
+    src = mathjax_source()
+    for part in _MATHJAX_PARTS:
+        s, d = src / part, vendor / "mathjax" / part
+        if s.is_dir():
+            shutil.copytree(s, d, dirs_exist_ok=True)
+        else:
+            d.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(s, d)
+
+
+def _config_inited(app, config):
+    config.mathjax_path = MATHJAX_JS  # relative paths are resolved inside _static
+    config.nb_ipywidgets_js = {}  # the site embeds no widgets, so no widget manager from a CDN
+
+
+def _builder_inited(app):
+    if app.builder.format == "html":
+        app.add_js_file(PLOTLY_JS, priority=200)  # before any figure's inline script
+
+
+def _build_finished(app, exception):
+    if exception is None and app.builder.format == "html":
+        copy_vendor(Path(app.outdir) / "_static")
+
+
+def _drop_thebe(app) -> None:
+    """jupyter-book always loads sphinx-thebe, which writes a CDN URL into every page; the site has
+    no live-kernel button (the launch buttons are off), so its page hooks are disconnected."""
+    for listeners in app.events.listeners.values():
+        for listener in list(listeners):
+            if getattr(listener.handler, "__module__", "").startswith("sphinx_thebe"):
+                app.disconnect(listener.id)
+
+
+def setup(app):
+    os.environ[SITE_BUILD_ENV] = "1"  # inherited by the kernels that execute the notebooks
+    _drop_thebe(app)
+    app.connect("config-inited", _config_inited, priority=900)
+    app.connect("builder-inited", _builder_inited)
+    app.connect("build-finished", _build_finished)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
