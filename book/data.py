@@ -56,10 +56,17 @@ def _hashed_vector(key: str, dim: int) -> torch.Tensor:
 
 
 def word_vector(word: str, dim: int = 16, noise: float = 0.15) -> torch.Tensor:
-    """(dim,) embedding of one word; dim must be at least len(FEATURES)."""
+    """(dim,) embedding of one word, of length about 0.75·√dim (entries of order 1, as in a real model).
+
+    dim must be at least len(FEATURES).
+    """
     if dim < len(FEATURES):
         raise ValueError(f"dim must be >= {len(FEATURES)} (one slot per feature), got {dim}")
-    word = word.lower()
+    return 0.75 * dim**0.5 * _unit_scale_vector(word.lower(), dim, noise)
+
+
+def _unit_scale_vector(word: str, dim: int, noise: float) -> torch.Tensor:
+    """A vector of length about 1 that carries the word's meaning."""
     if word in _LEXICON:
         v = torch.zeros(dim)
         for name, strength in _LEXICON[word].items():
@@ -69,7 +76,7 @@ def word_vector(word: str, dim: int = 16, noise: float = 0.15) -> torch.Tensor:
     v = sum(_hashed_vector("tri:" + g, dim) for g in grams) / len(grams) ** 0.5
     base = word.rstrip("s")  # "cats" borrows meaning from "cat"
     if base != word and base in _LEXICON:
-        v = 0.3 * v + word_vector(base, dim, noise)
+        v = 0.3 * v + _unit_scale_vector(base, dim, noise)
     return v
 
 

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -52,7 +53,33 @@ def copy_vendor(static_dir: Path) -> None:
             shutil.copy2(s, d)
 
 
+STATIC_DIR = Path(__file__).parent / "static"  # the book's own CSS and favicon
+
+
+def book_code_hash() -> str:
+    """A fingerprint of the book package: cached notebook executions are only valid for one version."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        h.update(path.relative_to(Path(__file__).parent).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def drop_stale_cache(outdir: Path) -> None:
+    """Remove jupyter-book's execution cache when the book package changed since it was filled."""
+    build_dir = outdir.parent  # .../_build (outdir is .../_build/html)
+    stamp, cache = build_dir / ".book_code_hash", build_dir / ".jupyter_cache"
+    current = book_code_hash()
+    if cache.exists() and (not stamp.exists() or stamp.read_text() != current):
+        shutil.rmtree(cache)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(current)
+
+
 def _config_inited(app, config):
+    drop_stale_cache(Path(app.outdir))
+    config.html_static_path = [*config.html_static_path, str(STATIC_DIR)]
+    config.html_favicon = str(STATIC_DIR / "favicon.svg")
     config.mathjax_path = MATHJAX_JS  # relative paths are resolved inside _static
     config.nb_ipywidgets_js = {}  # the site embeds no widgets, so no widget manager from a CDN
 
@@ -60,6 +87,7 @@ def _config_inited(app, config):
 def _builder_inited(app):
     if app.builder.format == "html":
         app.add_js_file(PLOTLY_JS, priority=200)  # before any figure's inline script
+        app.add_css_file("book.css")
 
 
 def _build_finished(app, exception):
