@@ -8,7 +8,8 @@ How ``show_attention`` decides what to show (``mode="auto"``):
    type your own sentence, move the sliders, and the map is recomputed by PyTorch.
 3. Anywhere else (a plain Python script, a test) it returns the static figure.
 
-Pass ``mode="static"`` or ``mode="live"`` to choose yourself.
+Pass ``mode="static"`` or ``mode="live"`` to choose yourself. Other chapters use the same rule
+through ``show(static, make_figure, **controls)``.
 """
 from __future__ import annotations
 
@@ -60,33 +61,80 @@ def choose_mode(mode: str = "auto") -> str:
     return "live"
 
 
-def attention_widget(text: str, attend: Callable = toy_self_attention, *,
-                     title: str = "Self-attention of your sentence"):
-    """ipywidgets explorer: a text box, a temperature slider and a causal-mask switch."""
+def _control(name: str, spec):
+    """An ipywidget for one control spec: str -> text box, bool -> checkbox, list -> dropdown,
+    (min, max, value) -> float slider, (min, max, value, step) with ints -> int slider."""
+    import ipywidgets as w
+
+    label = name.replace("_", " ")
+    if isinstance(spec, w.ValueWidget):
+        return spec
+    if isinstance(spec, bool):
+        return w.Checkbox(value=spec, description=label)
+    if isinstance(spec, str):
+        return w.Text(value=spec, description=label, layout=w.Layout(width="100%"), continuous_update=False)
+    if isinstance(spec, list):
+        return w.Dropdown(options=spec, value=spec[0], description=label)
+    if isinstance(spec, tuple) and len(spec) in (3, 4):
+        lo, hi, value = spec[:3]
+        if all(isinstance(v, int) for v in spec):
+            step = spec[3] if len(spec) == 4 else 1
+            return w.IntSlider(min=lo, max=hi, value=value, step=step, description=label, continuous_update=False)
+        step = spec[3] if len(spec) == 4 else (hi - lo) / 100
+        return w.FloatSlider(min=lo, max=hi, value=value, step=step, description=label, continuous_update=False)
+    raise TypeError(f"control {name!r}: don't know how to make a widget from {spec!r}")
+
+
+def live_explorer(make_figure: Callable, **controls):
+    """A live ipywidgets explorer: one widget per control, the figure redrawn on every change.
+
+    ``make_figure(**values)`` returns a plotly figure (or raises ValueError with a message for the
+    reader). Controls: ``sentence="the cat"`` (text box), ``causal=False`` (checkbox),
+    ``head=[0, 1, 2]`` (dropdown), ``temperature=(0.1, 4.0, 1.0)`` (slider).
+    """
     import ipywidgets as w
     from IPython.display import display
 
-    box = w.Text(value=text, description="sentence", layout=w.Layout(width="100%"),
-                 continuous_update=False)
-    temp = w.FloatLogSlider(value=1.0, base=2, min=-3, max=3, step=0.25, description="temperature",
-                            continuous_update=False)
-    causal = w.Checkbox(value=False, description="causal mask")
+    widgets = {name: _control(name, spec) for name, spec in controls.items()}
     out = w.Output()
 
     def redraw(*_):
-        tokens = tokenize(box.value)
         with out:
             out.clear_output(wait=True)
-            if not tokens:
-                print("Type a sentence to see its attention map.")
-                return
-            weights = attend(tokens, temp.value, causal.value)
-            display(viz.attention_heatmap(weights, tokens, title=f"{title} (T = {temp.value:.2f})"))
+            try:
+                display(make_figure(**{n: c.value for n, c in widgets.items()}))
+            except ValueError as e:
+                print(e)
 
-    for control in (box, temp, causal):
+    for control in widgets.values():
         control.observe(redraw, names="value")
     redraw()
-    return w.VBox([box, w.HBox([temp, causal]), out])
+    return w.VBox([*widgets.values(), out])
+
+
+def show(static: Callable, make_figure: Callable, *, mode: str = "auto", **controls):
+    """The book's one entry point for interactive figures.
+
+    On the website (and outside a kernel) returns ``static()``: a plotly figure whose sliders and
+    menus hold precomputed variants. In a live kernel returns ``live_explorer(make_figure, **controls)``.
+    """
+    if choose_mode(mode) == "live":
+        return live_explorer(make_figure, **controls)
+    return static()
+
+
+def attention_widget(text: str, attend: Callable = toy_self_attention, *,
+                     title: str = "Self-attention of your sentence"):
+    """ipywidgets explorer: a text box, a temperature slider and a causal-mask switch."""
+
+    def make_figure(sentence, temperature, causal_mask):
+        tokens = tokenize(sentence)
+        if not tokens:
+            raise ValueError("Type a sentence to see its attention map.")
+        weights = attend(tokens, temperature, causal_mask)
+        return viz.attention_heatmap(weights, tokens, title=f"{title} (temperature {temperature:.2f})")
+
+    return live_explorer(make_figure, sentence=text, temperature=(0.1, 4.0, 1.0, 0.05), causal_mask=False)
 
 
 def show_attention(text: str = "the cat sat on the mat", *, attend: Callable = toy_self_attention,
@@ -99,8 +147,12 @@ def show_attention(text: str = "the cat sat on the mat", *, attend: Callable = t
     tokens = tokenize(text)
     if not tokens:
         raise ValueError("text has no tokens: give a sentence such as 'the cat sat on the mat'")
+
+    def static():
+        maps = {f"{t:g}": attend(tokens, t, False) for t in temperatures}
+        active = list(temperatures).index(1.0) if 1.0 in temperatures else 0
+        return viz.attention_explorer(maps, tokens, label="temperature", title=title, active=active)
+
     if choose_mode(mode) == "live":
         return attention_widget(text, attend, title=title)
-    maps = {f"{t:g}": attend(tokens, t, False) for t in temperatures}
-    active = list(temperatures).index(1.0) if 1.0 in temperatures else 0
-    return viz.attention_explorer(maps, tokens, label="temperature", title=title, active=active)
+    return static()

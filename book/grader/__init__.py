@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+from pathlib import Path
 
 from book.grader.core import Case, Exercise, Mistake, Result, run_check
 from book.grader.progress import progress, progress_file, record
@@ -19,13 +20,17 @@ from book.grader.progress import progress, progress_file, record
 __all__ = ["check", "exercises", "get_exercise", "progress", "progress_file", "Result",
            "Exercise", "Case", "Mistake"]
 
-CHAPTER_MODULES = ("book.grader.ch04",)  # one module of exercises per chapter
+def _chapter_modules() -> list[str]:
+    """One module of exercises per chapter: book/grader/chNN.py, each with a list EXERCISES."""
+    return [f"book.grader.{p.stem}" for p in sorted(Path(__file__).parent.glob("ch[0-9][0-9].py"))]
+
+
 REPORT_ENV = "BOOK_GRADER_REPORT"  # set by the command-line grader: each result is appended there
 
 
 def _registry() -> dict[str, Exercise]:
     found: dict[str, Exercise] = {}
-    for name in CHAPTER_MODULES:
+    for name in _chapter_modules():
         for ex in importlib.import_module(name).EXERCISES:
             found[ex.id] = ex
     return found

@@ -49,6 +49,9 @@ class Exercise:
     time_limit: float = 2.0  # seconds per call of the learner's function
     nan_hint: str = "look for exp() of a large number, a division by zero, or log(0)"
     kind: str = "function"  # "function" or "prediction" (a function that returns your predicted answer)
+    # Optional extra judgement after the comparison with the reference (or instead of it, when
+    # reference is None): judge(learner_output, *case.args) -> None if fine, else a feedback message.
+    judge: Callable | None = None
 
     @property
     def name(self) -> str:
@@ -289,8 +292,18 @@ def run_check(ex: Exercise, fn, seed: int = 0) -> Result:
         if changed:
             return fail(f"your function modified its input ({changed}) in place on {case.name}; "
                         "compute a new tensor instead (x = x - m, not x -= m or x.sub_(m))", n=n - 1)
-        want = ex.reference(*clone(case.args))
-        problem = compare_outputs(got, want, ex)
+        if ex.reference is not None:
+            want = ex.reference(*clone(case.args))
+            problem = compare_outputs(got, want, ex)
+        else:
+            problem = None
+        if problem is None and ex.judge is not None:
+            try:
+                verdict = ex.judge(got, *clone(case.args))
+            except Exception as e:
+                verdict = f"your result could not be used ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            if verdict:
+                problem = ("judge", verdict)
         if problem:
             mistake = _named_mistake(ex, [(case, got)] + _other_runs(fn, ex, cases[n:]))
             if mistake:
