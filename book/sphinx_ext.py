@@ -100,7 +100,8 @@ def _drop_thebe(app) -> None:
     no live-kernel button (the launch buttons are off), so its page hooks are disconnected."""
     for listeners in app.events.listeners.values():
         for listener in list(listeners):
-            if getattr(listener.handler, "__module__", "").startswith("sphinx_thebe"):
+            handler = listener.handler
+            if handler.__module__.startswith("sphinx_thebe") and handler.__name__ != "st_static_path":
                 app.disconnect(listener.id)
 
 
