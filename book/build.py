@@ -24,6 +24,7 @@ def build(clean: bool = False, output: Path | None = None) -> int:
     out = output or ROOT
     if clean:
         shutil.rmtree(out / "_build", ignore_errors=True)
+    shutil.rmtree(out / "_build" / "html", ignore_errors=True)  # no stale pages; executions stay cached
     cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(ROOT),
            "--all", "-W", "-n", "--keep-going"]
     if output:

@@ -86,13 +86,31 @@ def _config_inited(app, config):
 
 def _builder_inited(app):
     if app.builder.format == "html":
-        app.add_js_file(PLOTLY_JS, priority=200)  # before any figure's inline script
         app.add_css_file("book.css")
+
+
+def _page_context(app, pagename, templatename, context, doctree):
+    """Load the shared plotly.js only on pages that draw figures, before their inline scripts."""
+    if "Plotly.newPlot" in context.get("body", ""):
+        app.add_js_file(PLOTLY_JS, priority=200)
+
+
+REDIRECT = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<link rel="icon" href="_static/favicon.svg" type="image/svg+xml">
+<meta http-equiv="Refresh" content="0; url={target}"></head>
+<body><p><a href="{target}">{title} — start reading</a></p></body></html>
+"""
 
 
 def _build_finished(app, exception):
     if exception is None and app.builder.format == "html":
-        copy_vendor(Path(app.outdir) / "_static")
+        outdir = Path(app.outdir)
+        copy_vendor(outdir / "_static")
+        if app.config.root_doc != "index":  # a redirect page with a favicon (no 404 for /favicon.ico)
+            (outdir / "index.html").write_text(
+                REDIRECT.format(title=app.config.html_title or app.config.project,
+                                target=f"{app.config.root_doc}.html"), encoding="utf-8")
 
 
 def _drop_thebe(app) -> None:
@@ -110,5 +128,6 @@ def setup(app):
     _drop_thebe(app)
     app.connect("config-inited", _config_inited, priority=900)
     app.connect("builder-inited", _builder_inited)
-    app.connect("build-finished", _build_finished)
+    app.connect("html-page-context", _page_context)
+    app.connect("build-finished", _build_finished, priority=900)  # after sphinx-external-toc's redirect
     return {"parallel_read_safe": True, "parallel_write_safe": True}

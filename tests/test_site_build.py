@@ -36,6 +36,8 @@ def test_plotly_and_mathjax_are_served_locally_once(site):
     assert page.count("_static/vendor/plotly.min.js") == 1
     assert "_static/vendor/mathjax/tex-chtml.js" in page
     assert len(page) < 2_000_000, "plotly.js must not be inlined into pages"
+    glossary = (site["html"] / "chapters" / "glossary.html").read_text(encoding="utf-8")
+    assert "plotly.min.js" not in glossary, "pages without figures should not load plotly.js"
 
 
 def test_chapter_figures_are_executed_and_interactive(site):

@@ -1,0 +1,310 @@
+"""The built website, opened in headless Chromium as a reader would.
+
+Every page of ``_build/html`` is served from localhost and loaded once at laptop width (light mode)
+and once at phone width (dark mode). The checks: no console errors, no failed requests, nothing
+fetched from another host, every plotly figure the notebook produced is drawn with data, every
+slider/menu changes what is drawn, math is typeset, no horizontal scrolling on a phone, and each
+page (without the shared plotly.js and MathJax) stays under 1 MB gzipped. Screenshots of every
+page go to ``test-artifacts/screenshots/``; a summary to ``test-artifacts/browser-report.txt``.
+
+Chromium comes from Debian's ``chromium`` package (``apt-get install chromium``), driven by the
+``playwright`` Python package with ``executable_path`` — no browser is ever downloaded. Without it,
+these tests skip locally with that hint, and fail on CI.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import http.server
+import json
+import os
+import re
+import shutil
+import socketserver
+import threading
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import nbformat
+import pytest
+
+from conftest import ROOT
+
+ARTIFACTS = ROOT / "test-artifacts"
+SHOTS = ARTIFACTS / "screenshots"
+PAGE_LIMIT_GZIP = 1_000_000  # bytes, excluding the shared plotly.js and MathJax
+SHARED = ("_static/vendor/plotly.min.js", "_static/vendor/mathjax/")
+CHROMIUM = os.environ.get("BOOK_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _browser_or_skip():
+    problem = None
+    try:
+        from playwright.sync_api import sync_playwright  # noqa: F401
+    except ImportError:
+        problem = "the playwright package is missing (pip install -r requirements.txt)"
+    if problem is None and not Path(CHROMIUM).exists():
+        problem = "Chromium is not installed: apt-get install chromium (Debian) — never `playwright install`"
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests cannot run on CI: {problem}")
+        pytest.skip(f"browser tests skipped: {problem}")
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a browser closing a connection early is not a test failure
+
+
+def _pages(html: Path) -> list[str]:
+    return sorted(p.relative_to(html).as_posix() for p in html.rglob("*.html")
+                  if not p.relative_to(html).as_posix().startswith(("_static/", "_sources/")))
+
+
+def _expected_figures(html: Path, page: str) -> int:
+    """Figures the page should have, counted in the executed notebook (what the kernel produced)."""
+    executed = html.parent / "jupyter_execute" / page.replace(".html", ".ipynb")
+    if not executed.exists():
+        return 0
+    count = 0
+    for cell in nbformat.read(executed, as_version=4).cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "application/vnd.plotly.v1+json" in data or "Plotly.newPlot" in data.get("text/html", ""):
+                count += 1
+    return count
+
+
+JS_FIGURES = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => ({
+  traces: (gd._fullData || []).length,
+  drawn: gd.querySelectorAll('.heatmaplayer image, .barlayer .point path, .scatterlayer .trace path.js-line, .scatterlayer .point').length,
+  sliders: ((gd._fullLayout || {}).sliders || []).length,
+  menus: ((gd._fullLayout || {}).updatemenus || []).length,
+  width: gd.getBoundingClientRect().width,
+  column: (gd.closest('.bd-article') || document.body).getBoundingClientRect().width,
+}))"""
+
+JS_SNAPSHOT = """(i) => { const gd = document.querySelectorAll('.js-plotly-plot')[i];
+  const plot = gd.querySelector('.cartesianlayer'); const title = gd.querySelector('.gtitle');
+  return (plot ? plot.innerHTML : '') + '|' + (title ? title.textContent : ''); }"""
+
+JS_RAW_MATH = r"""() => { const bad = [];
+  const walker = document.createTreeWalker(document.querySelector('main') || document.body, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) { const n = walker.currentNode;
+    if (n.parentElement.closest('pre, code, script, style, .highlight, textarea')) continue;
+    if (/\$\$|\\\[|\\\(|\\begin\{/.test(n.textContent)) bad.push(n.textContent.trim().slice(0, 60)); }
+  return {raw: bad, math: document.querySelectorAll('.math').length,
+          typeset: document.querySelectorAll('.math mjx-container, mjx-container.MathJax').length}; }"""
+
+
+def _wait_for_math(page):
+    page.evaluate("() => (window.MathJax && MathJax.startup && MathJax.startup.promise) ? MathJax.startup.promise.then(() => true) : true")
+
+
+def _drive_control(page, index: int, kind: str) -> None:
+    gd = page.locator(".js-plotly-plot").nth(index)
+    gd.scroll_into_view_if_needed()
+    if kind == "slider":
+        rail = gd.locator(".slider-rail-rect").first
+        box = rail.bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.9, box["y"] + box["height"] / 2)
+    else:
+        gd.locator(".updatemenu-header-group").first.click()
+        gd.locator(".updatemenu-dropdown-button").last.click()
+
+
+def _gzip_size(html: Path, url_path: str) -> int:
+    path = html / unquote(url_path).lstrip("/")
+    if path.is_dir():
+        path = path / "index.html"
+    return len(gzip.compress(path.read_bytes(), compresslevel=6)) if path.is_file() else 0
+
+
+@pytest.fixture(scope="module")
+def browser_report(site):
+    assert site["returncode"] == 0, "the site build failed; see test_site_build"
+    _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    html = site["html"]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    server = _Server(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(html)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    report = {"pages": {}, "base": base}
+    t0 = time.perf_counter()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+            laptop = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="light")
+            phone = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark",
+                                        is_mobile=True, has_touch=True)
+            for name in _pages(html):
+                report["pages"][name] = _visit(laptop, phone, base, html, name)
+            browser.close()
+    finally:
+        server.shutdown()
+    report["seconds"] = time.perf_counter() - t0
+    _write_summary(report)
+    return report
+
+
+def _visit(laptop, phone, base, html, name):
+    facts = {"errors": [], "failed": [], "external": [], "requests": [], "controls": []}
+    stem = name.replace("/", "__").replace(".html", "")
+    page = laptop.new_page()
+    page.on("console", lambda m: m.type == "error" and facts["errors"].append(m.text))
+    page.on("pageerror", lambda e: facts["errors"].append(f"uncaught: {e}"))
+    page.on("requestfailed", lambda r: facts["failed"].append(f"{r.url} ({r.failure})"))
+    page.on("response", lambda r: r.status >= 400 and facts["failed"].append(f"{r.url} (HTTP {r.status})"))
+
+    def on_request(r):
+        if r.url.startswith(base):
+            facts["requests"].append(urlparse(r.url).path)
+        elif not r.url.startswith(("data:", "blob:", "about:")):
+            facts["external"].append(r.url)
+
+    page.on("request", on_request)
+    redirect = re.search(r'http-equiv="Refresh" content="0; url=([^"]+)"', (html / name).read_text(encoding="utf-8"))
+    page.goto(f"{base}/{name}", wait_until="load")
+    if redirect:  # index.html forwards the reader to the first chapter: check it lands there
+        target = (Path(name).parent / redirect.group(1)).as_posix()
+        page.wait_for_url(f"{base}/{target}")
+        page.wait_for_load_state("load")
+        name = target
+    _wait_for_math(page)
+    facts["expected_figures"] = _expected_figures(html, name)
+    facts["figures"] = page.evaluate(JS_FIGURES)
+    facts["math"] = page.evaluate(JS_RAW_MATH)
+    for i, fig in enumerate(facts["figures"]):
+        for kind, n in (("slider", fig["sliders"]), ("menu", fig["menus"])):
+            if n:
+                before = page.evaluate(JS_SNAPSHOT, i)
+                try:
+                    _drive_control(page, i, kind)
+                    changed = False
+                    for _ in range(20):  # up to 2 s for plotly to redraw on a busy machine
+                        page.wait_for_timeout(100)
+                        if page.evaluate(JS_SNAPSHOT, i) != before:
+                            changed = True
+                            break
+                except Exception as e:  # the control could not be found or clicked
+                    changed = f"could not drive it: {type(e).__name__}: {str(e).splitlines()[0]}"
+                facts["controls"].append({"figure": i, "kind": kind, "changed": changed})
+    page.screenshot(path=str(SHOTS / f"{stem}__laptop-light.png"), full_page=True)
+    page.close()
+
+    mobile = phone.new_page()
+    mobile.on("console", lambda m: m.type == "error" and facts["errors"].append(f"(phone) {m.text}"))
+    mobile.goto(f"{base}/{name}", wait_until="load")
+    _wait_for_math(mobile)
+    facts["landed_on"] = name
+    facts["phone_overflow"] = mobile.evaluate(
+        "() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    facts["phone_theme"] = mobile.evaluate("() => document.documentElement.dataset.theme")
+    mobile.screenshot(path=str(SHOTS / f"{stem}__phone-dark.png"), full_page=True)
+    mobile.close()
+
+    own = [r for r in set(facts["requests"]) if not any(s in r for s in SHARED)]
+    facts["gzip_bytes"] = sum(_gzip_size(html, r) for r in own)
+    return facts
+
+
+def _write_summary(report):
+    pages = report["pages"]
+    figures = sum(len(f["figures"]) for f in pages.values())
+    controls = sum(len(f["controls"]) for f in pages.values())
+    heaviest = max(pages, key=lambda n: pages[n]["gzip_bytes"])
+    lines = [f"{'page':<45} {'figures':>7} {'controls':>8} {'gzip KB':>8}"]
+    for name, f in pages.items():
+        lines.append(f"{name:<45} {len(f['figures']):>7} {len(f['controls']):>8} {f['gzip_bytes'] / 1024:>8.1f}")
+    lines.append(f"{len(pages)} pages, {figures} figures, {controls} controls driven, "
+                 f"{report['seconds']:.1f} s; heaviest page: {heaviest} "
+                 f"({pages[heaviest]['gzip_bytes'] / 1024:.0f} KB gzipped without plotly.js/MathJax)")
+    text = "\n".join(lines)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "browser-report.txt").write_text(text + "\n")
+    (ARTIFACTS / "browser-report.json").write_text(json.dumps(report, indent=1, default=str))
+    print("\n" + text)
+
+
+# ----------------------------------------------------------------------------- the checks
+def test_every_page_was_visited(browser_report):
+    pages = browser_report["pages"]
+    assert "chapters/04_self_attention.html" in pages and "index.html" in pages
+    print(f"{len(pages)} pages in {browser_report['seconds']:.1f} s")
+
+
+def test_no_console_errors_and_no_failed_requests(browser_report):
+    bad = {n: f["errors"] + f["failed"] for n, f in browser_report["pages"].items() if f["errors"] or f["failed"]}
+    assert not bad, json.dumps(bad, indent=1)
+
+
+def test_nothing_is_fetched_from_another_host(browser_report):
+    bad = {n: f["external"] for n, f in browser_report["pages"].items() if f["external"]}
+    assert not bad, json.dumps(bad, indent=1)
+
+
+def test_every_figure_is_drawn_with_data(browser_report):
+    problems = []
+    for name, f in browser_report["pages"].items():
+        if len(f["figures"]) != f["expected_figures"]:
+            problems.append(f"{name}: {f['expected_figures']} figures produced, {len(f['figures'])} on the page")
+        for i, fig in enumerate(f["figures"]):
+            if not fig["traces"] or not fig["drawn"]:
+                problems.append(f"{name}: figure {i} is blank ({fig})")
+            if fig["width"] > fig["column"] + 1:
+                problems.append(f"{name}: figure {i} is wider than the column ({fig['width']} > {fig['column']})")
+    assert not problems, "\n".join(problems)
+    assert browser_report["pages"]["chapters/04_self_attention.html"]["expected_figures"] >= 5
+
+
+def test_sliders_and_menus_change_the_drawing(browser_report):
+    bad = [f"{n}: figure {c['figure']} {c['kind']}: {c['changed']}"
+           for n, f in browser_report["pages"].items() for c in f["controls"] if c["changed"] is not True]
+    assert not bad, "\n".join(bad)
+    kinds = {c["kind"] for f in browser_report["pages"].values() for c in f["controls"]}
+    assert kinds == {"slider", "menu"}
+
+
+def test_math_is_typeset(browser_report):
+    bad = {}
+    for name, f in browser_report["pages"].items():
+        m = f["math"]
+        if m["raw"] or m["typeset"] < m["math"]:
+            bad[name] = m
+    assert not bad, json.dumps(bad, indent=1)
+    assert browser_report["pages"]["chapters/04_self_attention.html"]["math"]["typeset"] > 10
+
+
+def test_no_horizontal_scrolling_on_a_phone(browser_report):
+    bad = {n: f["phone_overflow"] for n, f in browser_report["pages"].items() if f["phone_overflow"] > 1}
+    assert not bad, f"pages wider than a 390 px phone (extra px): {bad}"
+    assert {f["phone_theme"] for f in browser_report["pages"].values()} == {"dark"}
+
+
+def test_page_weight(browser_report):
+    heavy = {n: f["gzip_bytes"] for n, f in browser_report["pages"].items() if f["gzip_bytes"] > PAGE_LIMIT_GZIP}
+    assert not heavy, f"pages over 1 MB gzipped (excluding plotly.js and MathJax): {heavy}"
+
+
+def test_browser_pass_is_quick(browser_report):
+    assert browser_report["seconds"] < 120, f"browser pass took {browser_report['seconds']:.0f} s"
+
+
+def test_screenshots_saved(browser_report):
+    for name in browser_report["pages"]:
+        stem = name.replace("/", "__").replace(".html", "")
+        for variant in ("laptop-light", "phone-dark"):
+            assert (SHOTS / f"{stem}__{variant}.png").stat().st_size > 1000
