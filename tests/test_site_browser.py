@@ -138,6 +138,7 @@ def browser_report(site):
     from playwright.sync_api import sync_playwright
 
     html = site["html"]
+    shutil.rmtree(SHOTS, ignore_errors=True)  # only this run's screenshots
     SHOTS.mkdir(parents=True, exist_ok=True)
     server = _Server(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(html)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
