@@ -208,3 +208,91 @@ def line_plot(x, ys: Mapping[str, Sequence[float]], *, title: str, x_title: str,
     if log_y:
         fig.update_yaxes(type="log")
     return fig
+
+
+# ----------------------------------------------------------------------------- chapter 01 (foundations)
+def similarity_heatmap(sim, labels: Sequence[str], *, title: str = "Cosine similarity",
+                       colorbar_title: str = "cosine") -> go.Figure:
+    """A symmetric similarity matrix in [-1, 1] on a diverging scale: red = opposite, blue = alike."""
+    z = _to_numpy(sim)
+    _check_labels(z, labels, labels)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(len(labels))), y=list(range(len(labels))),
+        customdata=_hover_cells(labels, labels),
+        hovertemplate="%{customdata[0]} · %{customdata[1]}<br>similarity %{z:.3f}<extra></extra>",
+        texttemplate="%{z:.1f}" if len(labels) ** 2 <= 144 else None,
+        colorscale="RdBu", zmin=-1.0, zmax=1.0, zmid=0.0,
+        colorbar=dict(title=dict(text=colorbar_title), thickness=12),
+    ))
+    _axes(fig, labels, labels, title_x="", title_y="")
+    return _layout(fig, title, len(labels))
+
+
+def linear_map_explorer(matrices: Mapping[str, object], *, title: str = "What a matrix does to the unit circle",
+                        label: str = "matrix") -> go.Figure:
+    """For symmetric 2×2 matrices: the unit circle, its image (an ellipse) and the eigenvectors scaled
+    by their eigenvalues, with a slider over the precomputed matrices (short names as slider labels;
+    the title shows the matrix itself)."""
+    if not matrices:
+        raise ValueError("matrices is empty: give at least one {label: 2x2 matrix} entry")
+    t = np.linspace(0, 2 * np.pi, 121)
+    circle = np.stack([np.cos(t), np.sin(t)])  # (2, 121)
+    variants = []
+    for name, m in matrices.items():
+        a = _to_numpy(m)
+        if a.shape != (2, 2) or not np.allclose(a, a.T):
+            raise ValueError(f"{name!r}: need a symmetric 2x2 matrix, got shape {a.shape}")
+        lam, vec = np.linalg.eigh(a)  # ascending eigenvalues, eigenvectors in the columns
+        image = a @ circle  # (2, 121)
+        arrows = [lam[i] * vec[:, i] for i in (1, 0)]  # largest eigenvalue first
+        entries = ", ".join("[" + ", ".join(f"{v:g}" for v in row) + "]" for row in a)
+        heading = f"{title}<br><sub>{label} “{name}”: A = [{entries}]</sub>"
+        variants.append((name, heading, image, arrows, lam[::-1]))
+    r = 1.15 * max(1.0, *(np.abs(v[2]).max() for v in variants))
+
+    def traces(image, arrows, lam):
+        xs = [circle[0], image[0]] + [[0, a[0]] for a in arrows]
+        ys = [circle[1], image[1]] + [[0, a[1]] for a in arrows]
+        names = ["unit circle", "image A·x", f"λ₁ = {lam[0]:.2f} · q₁", f"λ₂ = {lam[1]:.2f} · q₂"]
+        return xs, ys, names
+
+    xs, ys, names = traces(*variants[0][2:])
+    styles = [dict(color="#a0aec0", dash="dot"), dict(color="#2b6cb0", width=3),
+              dict(color="#dd6b20", width=4), dict(color="#2f855a", width=4)]
+    fig = go.Figure([go.Scatter(x=x, y=y, name=n, mode="lines" if i < 2 else "lines+markers", line=s,
+                                hoverinfo="name" if i < 2 else "x+y+name")
+                     for i, (x, y, n, s) in enumerate(zip(xs, ys, names, styles))])
+    steps = []
+    for name, heading, image, arrows, lam in variants:
+        sx, sy, sn = traces(image, arrows, lam)
+        steps.append(dict(method="update", label=name, args=[{"x": sx, "y": sy, "name": sn}, {"title.text": heading}]))
+    fig.update_layout(
+        title=dict(text=variants[0][1], x=0.0, xanchor="left"),
+        template="plotly_white", font=FONT, height=600, margin=dict(l=50, r=20, t=110, b=40),
+        xaxis=dict(range=[-r, r], zeroline=True, constrain="domain"),
+        yaxis=dict(range=[-r, r], zeroline=True, scaleanchor="x", scaleratio=1, constrain="domain"),
+        legend=dict(orientation="h", x=0.0, y=1.0, yanchor="bottom"),
+        sliders=[dict(active=0, steps=steps, pad=dict(t=40), currentvalue=dict(prefix=f"{label}: "))],
+    )
+    return fig
+
+
+def labeled_scatter(points, labels: Sequence[str], groups: Sequence[str] | None = None, *,
+                    title: str, x_title: str, y_title: str) -> go.Figure:
+    """2-D points with a text label each, coloured by group (e.g. words on their top two axes)."""
+    p = _to_numpy(points)
+    if p.ndim != 2 or p.shape[1] != 2 or len(labels) != len(p):
+        raise ValueError(f"need points of shape (N, 2) and N labels, got {p.shape} and {len(labels)} labels")
+    groups = list(groups) if groups is not None else [""] * len(p)
+    fig = go.Figure()
+    for g in dict.fromkeys(groups):  # groups in order of first appearance
+        idx = [i for i, gi in enumerate(groups) if gi == g]
+        places = ["top center", "bottom center", "middle right", "middle left"]  # spread crowded labels
+        fig.add_trace(go.Scatter(x=p[idx, 0], y=p[idx, 1], mode="markers+text", name=g or "points",
+                                 text=[labels[i] for i in idx], textfont=dict(size=11),
+                                 textposition=[places[k % 4] for k in range(len(idx))],
+                                 marker=dict(size=8), hovertemplate="%{text}<extra></extra>"))
+    fig.update_layout(title=dict(text=title, x=0.0), template="plotly_white", font=FONT, height=480,
+                      margin=dict(l=60, r=20, t=60, b=60), xaxis_title=x_title, yaxis_title=y_title,
+                      legend=dict(orientation="h", y=-0.18), showlegend=groups[0] != "")
+    return fig

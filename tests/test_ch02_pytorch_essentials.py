@@ -1,0 +1,299 @@
+"""Chapter 02: the graded exercises accept right answers (a Linear module equal to nn.Linear with
+copied weights, gradients equal to autograd's, a loop that reaches the stated loss), reject and name
+every catalogued mistake, and book.foundations' training helpers behave."""
+import math
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from book import foundations as FD
+from book.grader import ch02, check, exercises
+
+ALL = ch02.EXERCISES
+
+
+# ----------------------------------------------------------------------------- reference answers
+class Linear(nn.Module):
+    """A correct answer to exercise 1."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        bound = 1 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound)) if bias else None
+
+    def forward(self, x):
+        y = x @ self.weight.T
+        return y if self.bias is None else y + self.bias
+
+
+REFERENCES = {
+    "Linear": Linear,
+    "linear_backward": ch02.linear_backward_reference,
+    "cross_entropy_grad": ch02.cross_entropy_grad_reference,
+    "predict_dtypes": ch02.predict_dtypes,
+    "fit": ch02.fit_reference,
+}
+
+
+def test_every_exercise_has_a_reference_here_and_a_catalogue():
+    assert sorted(REFERENCES) == sorted(e.name for e in ALL)
+    assert sorted(exercises("02")) == sorted(e.id for e in ALL)
+    for ex in ALL:
+        assert len(ex.mistakes) >= 4, ex.id
+
+
+@pytest.mark.parametrize("ex", ALL, ids=lambda e: e.name)
+def test_reference_passes_quickly(ex):
+    check(ex.id, REFERENCES[ex.name])  # warm-up (first use of the optimiser etc.)
+    t0 = time.perf_counter()
+    r = check(ex.id, REFERENCES[ex.name])
+    assert r.passed, r.feedback
+    assert time.perf_counter() - t0 < 2.0, ex.id
+
+
+def test_the_reference_linear_equals_nn_linear_with_copied_weights():
+    for bias in (True, False):
+        mine, theirs = Linear(6, 4, bias), nn.Linear(6, 4, bias=bias)
+        mine.load_state_dict(theirs.state_dict())
+        x = torch.randn(3, 5, 6)
+        torch.testing.assert_close(mine(x), theirs(x))
+
+
+# ----------------------------------------------------------------------------- buggy answers, one per mistake
+class PlainTensors(Linear):
+    def __init__(self, i, o, bias=True):
+        nn.Module.__init__(self)
+        self.weight = torch.empty(o, i).uniform_(-i**-0.5, i**-0.5)
+        self.bias = torch.empty(o).uniform_(-i**-0.5, i**-0.5) if bias else None
+
+
+class Untransposed(Linear):
+    def __init__(self, i, o, bias=True):
+        nn.Module.__init__(self)
+        self.weight = nn.Parameter(torch.empty(i, o).uniform_(-i**-0.5, i**-0.5))
+        self.bias = nn.Parameter(torch.empty(o).uniform_(-i**-0.5, i**-0.5)) if bias else None
+
+    def forward(self, x):
+        y = x @ self.weight
+        return y if self.bias is None else y + self.bias
+
+
+class ZeroInit(Linear):
+    def __init__(self, i, o, bias=True):
+        super().__init__(i, o, bias)
+        nn.init.zeros_(self.weight)
+
+
+class RandnInit(Linear):
+    def __init__(self, i, o, bias=True):
+        super().__init__(i, o, bias)
+        with torch.no_grad():
+            self.weight.normal_()
+
+
+class BiasIgnored(Linear):
+    def forward(self, x):
+        return x @ self.weight.T
+
+
+class AlwaysBias(Linear):
+    def __init__(self, i, o, bias=True):
+        super().__init__(i, o, True)
+
+
+def _loop(zero_grad=True, step=True, squeeze=True, optimizer="adam", lr=1e-2, steps=400):
+    def fit(model, x, y):
+        opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(model.parameters(), lr=lr)
+        for _ in range(steps):
+            pred = model(x).squeeze(-1) if squeeze else model(x)
+            loss = ((pred - y) ** 2).mean()
+            if zero_grad:
+                opt.zero_grad()
+            loss.backward()
+            if step:
+                opt.step()
+        return loss.item()
+
+    return fit
+
+
+BUGGY = {
+    "weights kept as plain tensors instead of nn.Parameter": PlainTensors,
+    "the weight used as (in_features, out_features): x @ W without the transpose": Untransposed,
+    "weights initialised to zeros": ZeroInit,
+    "weights drawn with torch.randn (standard deviation 1)": RandnInit,
+    "the bias left out of forward": BiasIgnored,
+    "a bias created even when bias=False": AlwaysBias,
+    "optimizer.step() missing (the parameters never changed)": _loop(step=False),
+    "(N, 1) predictions compared with (N,) targets: the loss broadcast to (N, N)": _loop(squeeze=False),
+    "optimizer.zero_grad() missing (gradients pile up from step to step)": _loop(zero_grad=False),
+    "a learning rate so large that training diverged": _loop(optimizer="sgd", lr=5.0, steps=100),
+}
+
+
+@pytest.mark.parametrize("ex,mistake", [(e, m) for e in ALL for m in e.mistakes],
+                         ids=lambda x: getattr(x, "name", None))
+def test_catalogued_mistake_is_rejected_and_named(ex, mistake):
+    fn = BUGGY.get(mistake.name, mistake.fn)
+    if ex.judge is not None:
+        assert mistake.name in BUGGY, "judged exercises need a buggy implementation per mistake here"
+    r = check(ex.id, fn)
+    assert not r.passed
+    assert r.mistake == mistake.name, r.feedback
+    assert mistake.name in r.feedback and "Hint:" in r.feedback
+
+
+# ----------------------------------------------------------------------------- valid alternatives
+class KaimingLinear(nn.Module):
+    """nn.Linear's own initialisation, register_parameter for the missing bias, F.linear in forward."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features))
+            nn.init.uniform_(self.bias, -in_features**-0.5, in_features**-0.5)
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+
+class EinsumLinear(nn.Module):
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        b = in_features**-0.5
+        self.weight = nn.Parameter((torch.rand(out_features, in_features) * 2 - 1) * b)
+        if bias:
+            self.bias = nn.Parameter((torch.rand(out_features) * 2 - 1) * b)
+        else:
+            self.bias = None
+
+    def forward(self, x):
+        y = torch.einsum("...i,oi->...o", x, self.weight)
+        return y + self.bias if self.bias is not None else y
+
+
+def backward_einsum(x, w, g):
+    return (torch.einsum("...o,oi->...i", g, w), torch.einsum("...o,...i->oi", g, x),
+            g.sum(dim=tuple(range(g.dim() - 1))))
+
+
+def backward_autograd(x, w, g):
+    x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
+    b = torch.zeros(w.shape[0], dtype=w.dtype, requires_grad=True)
+    return torch.autograd.grad(F.linear(x, w, b), (x, w, b), g)
+
+
+def ce_grad_log_space(z, t):
+    p = torch.exp(z - torch.logsumexp(z, -1, keepdim=True))
+    return p.scatter_add(-1, t[..., None], -torch.ones_like(t[..., None], dtype=z.dtype)) / t.numel()
+
+
+def ce_grad_autograd(z, t):
+    z = z.clone().requires_grad_()
+    F.cross_entropy(z.reshape(-1, z.shape[-1]), t.reshape(-1)).backward()
+    return z.grad
+
+
+def dtypes_by_running():
+    import numpy as np
+
+    exprs = [torch.tensor([1, 2, 3]), torch.tensor([1, 2, 3]) / 2,
+             torch.ones(3, dtype=torch.float16) + torch.ones(3),
+             torch.ones(3) * torch.tensor(2.0, dtype=torch.float64), torch.from_numpy(np.array([0.5]))]
+    return [e.dtype for e in exprs]
+
+
+ALTERNATIVES = [
+    ("Linear", KaimingLinear), ("Linear", EinsumLinear),
+    ("linear_backward", backward_einsum), ("linear_backward", backward_autograd),
+    ("cross_entropy_grad", ce_grad_log_space), ("cross_entropy_grad", ce_grad_autograd),
+    ("predict_dtypes", dtypes_by_running),
+    ("predict_dtypes", lambda: (torch.long, torch.float, torch.float, torch.float, torch.double)),
+    ("fit", _loop(optimizer="sgd", lr=0.1, steps=1500)),
+    ("fit", lambda m, x, y: FD.train(m, x, y, lambda p, t: F.mse_loss(p.squeeze(-1), t), steps=400, lr=2e-2)[-1]),
+]
+
+
+@pytest.mark.parametrize("name,fn", ALTERNATIVES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(ALTERNATIVES)])
+def test_valid_alternatives_pass(name, fn):
+    r = check(f"02_pytorch_essentials/{name}", fn)
+    assert r.passed, r.feedback
+
+
+# ----------------------------------------------------------------------------- judge feedback
+def test_linear_judge_explains_other_problems():
+    class DataInForward(Linear):
+        def forward(self, x):
+            return x @ self.weight.data.T + (0 if self.bias is None else self.bias.data)
+
+    class WrongNames(nn.Module):
+        def __init__(self, i, o, bias=True):
+            super().__init__()
+            self.W = nn.Parameter(torch.zeros(o, i))
+
+    class NotAModule:
+        def __init__(self, *args):
+            pass
+
+    assert "graph" in check("02_pytorch_essentials/Linear", DataInForward).feedback
+    assert "named" in check("02_pytorch_essentials/Linear", WrongNames).feedback
+    assert "nn.Module" in check("02_pytorch_essentials/Linear", NotAModule).feedback
+
+
+def test_fit_judge_reports_a_loss_that_is_too_high_without_naming_a_mistake():
+    r = check("02_pytorch_essentials/fit", _loop(lr=1e-3, steps=200))
+    assert not r.passed and r.mistake is None and "below 0.01" in r.feedback
+
+
+def test_fit_catches_modified_inputs_and_bad_return_values():
+    def in_place(model, x, y):
+        y -= y.mean()
+        return ch02.fit_reference(model, x, y)
+
+    assert "modified its input" in check("02_pytorch_essentials/fit", in_place).feedback
+    r = check("02_pytorch_essentials/fit", lambda m, x, y: [ch02.fit_reference(m, x, y)])
+    assert not r.passed and "number" in r.feedback
+
+
+def test_prediction_feedback_names_the_expression_but_not_the_answer():
+    r = check("02_pytorch_essentials/predict_dtypes",
+              lambda: (torch.int64, torch.float32, torch.float16, torch.float32, torch.float64))
+    assert not r.passed and "float16 + float32" in r.feedback and "torch.float" not in r.feedback
+
+
+# ----------------------------------------------------------------------------- book.foundations helpers
+def test_train_reduces_the_loss_and_calls_on_step():
+    torch.manual_seed(0)
+    model, x = nn.Linear(2, 1), torch.randn(32, 2)
+    y = x @ torch.tensor([1.0, -2.0]) + 0.5
+    seen = []
+    losses = FD.train(model, x, y, lambda p, t: F.mse_loss(p.squeeze(-1), t), steps=300, lr=0.05,
+                      on_step=lambda s, loss: seen.append(s))
+    assert len(losses) == 300 and losses[-1] < 1e-3 < losses[0]
+    assert seen == list(range(300))
+    with pytest.raises(ValueError):
+        FD.train(model, x, y, F.mse_loss, steps=0)
+    with pytest.raises(ValueError):
+        FD.train(model, x, y, F.mse_loss, lr=-1.0)
+
+
+def test_progress_bar_prints_its_final_state_once_on_the_site(monkeypatch, capsys):
+    monkeypatch.setenv("BOOK_SITE_BUILD", "1")
+    bar = FD.progress_bar(range(50), desc="demo")
+    for _ in bar:
+        bar.set_postfix(loss="0.1")
+    bar.close()
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("demo: 100%") and "50/50" in out[0] and "loss=0.1" in out[0]
+    assert "#" not in out[0]  # the unicode bar, as in a notebook
+    monkeypatch.delenv("BOOK_SITE_BUILD")
+    live = FD.progress_bar(range(3), disable=True)
+    assert not isinstance(live, FD._SiteBar)
