@@ -296,3 +296,72 @@ def labeled_scatter(points, labels: Sequence[str], groups: Sequence[str] | None 
                       margin=dict(l=60, r=20, t=60, b=60), xaxis_title=x_title, yaxis_title=y_title,
                       legend=dict(orientation="h", y=-0.18), showlegend=groups[0] != "")
     return fig
+
+
+# ----------------------------------------------------------------------------- chapter 07 (encoder–decoder)
+MASK_COLORSCALE = [[0.0, "#e2e8f0"], [0.5, "#e2e8f0"], [0.5, "#2b6cb0"], [1.0, "#2b6cb0"]]  # blocked, may attend
+
+
+def token_map_explorer(variants: Mapping[str, tuple], *, control: str = "dropdown", label: str = "variant",
+                       title: str = "Attention weights", masks: bool = False, zmax: float = 1.0,
+                       x_title: str = "key (attended to)", y_title: str = "query (attending)",
+                       active: int = 0, name_in_title: bool = True) -> go.Figure:
+    """Token-labelled maps whose labels change from variant to variant, behind a slider or a dropdown.
+
+    ``variants``: {name: (matrix (T_q, T_k), row tokens, column tokens)} — other sentences, or queries
+    from one sequence and keys from another (cross-attention). ``masks=True`` draws boolean masks in
+    two colours (dark = may attend, light = blocked); otherwise weights on the book's blue scale.
+    ``name_in_title=False`` keeps the title short (the control already shows the name; good for phones).
+    """
+    if control not in ("slider", "dropdown"):
+        raise ValueError(f"control must be 'slider' or 'dropdown', got {control!r}")
+    if not variants:
+        raise ValueError("variants is empty: give at least one {name: (matrix, rows, cols)} entry")
+    names = list(variants)
+    drawn = []
+    for n in names:
+        z, rows, cols = variants[n]
+        z = _to_numpy(z)
+        _check_labels(z, rows, cols)
+        cells = _hover_cells(rows, cols)
+        if masks:
+            status = np.where(z > 0.5, "may attend", "blocked")
+            cells = np.concatenate([cells, status[..., None].astype(object)], axis=-1)  # (T_q, T_k, 3)
+        show_text = not masks and z.size <= 100
+        drawn.append(dict(z=z, x=list(range(len(cols))), y=list(range(len(rows))), customdata=cells,
+                          rows=list(rows), cols=list(cols), text=show_text))
+    first = drawn[active]
+    hover = ("query %{customdata[0]} → key %{customdata[1]}<br>%{customdata[2]}<extra></extra>" if masks else
+             "query %{customdata[0]} → key %{customdata[1]}<br>weight %{z:.4f}<extra></extra>")
+    fig = go.Figure(go.Heatmap(
+        z=first["z"], x=first["x"], y=first["y"], customdata=first["customdata"], hovertemplate=hover,
+        colorscale=MASK_COLORSCALE if masks else COLORSCALE, zmin=0.0, zmax=1.0 if masks else zmax,
+        showscale=not masks, xgap=1 if masks else 0, ygap=1 if masks else 0,
+        texttemplate="%{z:.2f}" if first["text"] else None,
+        colorbar=dict(title=dict(text="weight"), thickness=12),
+    ))
+
+    def ticks(d):
+        return {"xaxis.tickvals": d["x"], "xaxis.ticktext": d["cols"],
+                "yaxis.tickvals": d["y"], "yaxis.ticktext": d["rows"]}
+
+    def title_of(n):
+        return f"{title} — {label}: {n}" if name_in_title else title
+
+    steps = [dict(method="update", label=n,
+                  args=[{"z": [d["z"]], "x": [d["x"]], "y": [d["y"]], "customdata": [d["customdata"]],
+                         "texttemplate": ["%{z:.2f}" if d["text"] else ""]},
+                        {"title.text": title_of(n), **ticks(d)}])
+             for n, d in zip(names, drawn)]
+    _axes(fig, first["rows"], first["cols"], title_x=x_title, title_y=y_title)
+    n_rows = max(len(d["rows"]) for d in drawn)
+    if len(names) == 1:
+        return _layout(fig, title, n_rows)
+    fig.update_layout(title_text=title_of(names[active]))
+    if control == "slider":
+        fig.update_layout(sliders=[dict(active=active, steps=steps, pad=dict(t=60),
+                                         currentvalue=dict(prefix=f"{label}: "))])
+        return _layout(fig, fig.layout.title.text, n_rows, extra_height=90)
+    fig.update_layout(updatemenus=[dict(buttons=steps, active=active, x=1.0, xanchor="right",
+                                        y=1.12, yanchor="bottom", direction="down")])
+    return _layout(fig, fig.layout.title.text, n_rows, extra_height=20)

@@ -1,0 +1,456 @@
+"""Graded exercises of chapter 07 — the encoder–decoder: LayerNorm, the FFN, encoder and decoder layers.
+
+The layer exercises are checked against PyTorch's own ``nn.TransformerEncoderLayer`` and
+``nn.TransformerDecoderLayer`` (batch_first=True, dropout 0), into which the harness copies the
+learner's parameter dict. Parameter dicts, as the exercise notebook describes them::
+
+    {"self_attn": {"w_q", "b_q", "w_k", "b_k", "w_v", "b_v", "w_o", "b_o"},   # (d, d) and (d,)
+     "cross_attn": {...same keys...},                                         # decoder only
+     "ffn": {"w1": (d_ff, d), "b1": (d_ff,), "w2": (d, d_ff), "b2": (d,)},
+     "norm1": {"gamma": (d,), "beta": (d,)}, "norm2": {...}, "norm3": {...}}  # norm3: decoder only
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from book.attention import causal_mask
+from book.grader.core import Case, Exercise, Mistake
+from book.layers import DecoderLayer, decoder_self_mask, key_padding_mask, layer_norm, position_wise_ffn, torch_attn_mask
+from book.multihead import multi_head_attention
+
+CHAPTER = "07_encoder_decoder"
+
+
+def _randn(gen, *shape, scale=1.0):
+    return torch.randn(*shape, generator=gen) * scale
+
+
+# ----------------------------------------------------------------------------- 1. layer_norm
+def _layer_norm_cases(g):
+    def gb(d):
+        return 1.0 + 0.5 * _randn(g, d), 0.5 * _randn(g, d)  # gamma near 1, beta near 0, never trivial
+
+    const = _randn(g, 3, 8)
+    const[1] = 2.5  # one token whose features are all equal: variance 0
+    return [
+        Case("x of shape (5, 8)", (_randn(g, 5, 8), *gb(8))),
+        Case("x of shape (2, 3, 16) (extra batch dims)", (_randn(g, 2, 3, 16, scale=3.0) + 1.0, *gb(16))),
+        Case("one vector of 4 features", (_randn(g, 4), *gb(4))),
+        Case("a token whose features are all equal (variance 0)", (const, *gb(8))),
+        Case("tiny features (spread ~1e-3, smaller than √eps)", (_randn(g, 4, 8, scale=1e-3), *gb(8))),
+        Case("eps = 0.1", (_randn(g, 3, 6), *gb(6), 0.1)),
+        Case("features with a large common offset (~200)", (_randn(g, 4, 16) + 200.0, *gb(16))),
+    ]
+
+
+def _ln_variant(unbiased=False, eps_outside=False, fixed_eps=False, dims=(-1,), center=True,
+                affine="normal", one_pass=False):
+    def ln(x, gamma, beta, eps=1e-5):
+        eps = 1e-5 if fixed_eps else eps
+        dims_ = tuple(range(x.dim())) if dims == "all" else dims
+        mean = x.mean(dim=dims_, keepdim=True) if center else torch.zeros_like(x)
+        if one_pass:
+            var = (x * x).mean(dim=dims_, keepdim=True) - mean * mean
+        elif center:
+            var = x.var(dim=dims_, keepdim=True, unbiased=unbiased)
+        else:
+            var = (x * x).mean(dim=dims_, keepdim=True)  # RMSNorm: mean square, no centring
+        x_hat = (x - mean) / (var.sqrt() + eps) if eps_outside else (x - mean) / torch.sqrt(var + eps)
+        if affine == "swapped":
+            return beta * x_hat + gamma
+        if affine == "none":
+            return x_hat
+        return gamma * x_hat + beta
+
+    return ln
+
+
+LAYER_NORM = Exercise(
+    id=f"{CHAPTER}/layer_norm",
+    title="Layer normalisation",
+    reference=layer_norm,
+    cases=_layer_norm_cases,
+    atol=3e-4,  # float32 rounding differs between correct formulas at a large offset
+    rtol=1e-4,
+    nan_hint="a token with equal features has variance 0: add eps *inside* the square root",
+    mistakes=[
+        Mistake("the unbiased variance (dividing by d − 1)", _ln_variant(unbiased=True),
+                "LayerNorm divides the squared deviations by d, not d − 1: x.var(dim=-1, unbiased=False) "
+                "or ((x - mean) ** 2).mean(-1)."),
+        Mistake("eps outside the square root", _ln_variant(eps_outside=True),
+                "the denominator is sqrt(var + eps), not sqrt(var) + eps; it matters when the variance is tiny."),
+        Mistake("the eps argument ignored", _ln_variant(fixed_eps=True), "use the `eps` the caller passes."),
+        Mistake("normalising over the first axis instead of the last", _ln_variant(dims=(0,)),
+                "each token is normalised over its own features: mean and variance over dim=-1 (keepdim=True)."),
+        Mistake("normalising over the whole tensor", _ln_variant(dims="all"),
+                "LayerNorm gives every token its own mean and variance: reduce over dim=-1 only."),
+        Mistake("RMSNorm (no mean subtracted)", _ln_variant(center=False),
+                "that is RMSNorm, a later variant; LayerNorm first subtracts the mean, then divides by the std."),
+        Mistake("gamma and beta swapped", _ln_variant(affine="swapped"),
+                "gamma scales the normalised vector and beta shifts it: gamma * x_hat + beta."),
+        Mistake("gamma and beta not applied", _ln_variant(affine="none"),
+                "after normalising, scale by gamma and shift by beta."),
+        Mistake("the variance computed as E[x²] − E[x]²", _ln_variant(one_pass=True),
+                "with a large common offset both terms are huge and their difference loses all precision in "
+                "float32; average the squared deviations from the mean instead."),
+    ],
+)
+
+
+# ----------------------------------------------------------------------------- 2. position_wise_ffn
+def _ffn_weights(g, d, d_ff):
+    return (_randn(g, d_ff, d, scale=d**-0.5), _randn(g, d_ff, scale=0.5),
+            _randn(g, d, d_ff, scale=d_ff**-0.5), _randn(g, d, scale=0.5))
+
+
+def _ffn_cases(g):
+    return [
+        Case("x (5, 8) with square weights (d_model = d_ff = 8)", (_randn(g, 5, 8), *_ffn_weights(g, 8, 8))),
+        Case("x (5, 8), d_ff = 32", (_randn(g, 5, 8), *_ffn_weights(g, 8, 32))),
+        Case("x (2, 3, 8) (extra batch dims), d_ff = 16", (_randn(g, 2, 3, 8), *_ffn_weights(g, 8, 16))),
+        Case("one token: x (1, 4), d_ff = 12", (_randn(g, 1, 4), *_ffn_weights(g, 4, 12))),
+    ]
+
+
+def _gelu_ffn(x, w1, b1, w2, b2):
+    return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+
+
+FFN = Exercise(
+    id=f"{CHAPTER}/position_wise_ffn",
+    title="The position-wise feed-forward network",
+    reference=position_wise_ffn,
+    cases=_ffn_cases,
+    mistakes=[
+        Mistake("the ReLU missing", lambda x, w1, b1, w2, b2: F.linear(F.linear(x, w1, b1), w2, b2),
+                "without a non-linearity two linear maps are one linear map; put a ReLU between them."),
+        Mistake("the ReLU after the second linear map instead of the first",
+                lambda x, w1, b1, w2, b2: torch.relu(F.linear(F.linear(x, w1, b1), w2, b2)),
+                "the ReLU acts on the wide hidden layer (d_ff), between the two linear maps."),
+        Mistake("a ReLU after both linear maps",
+                lambda x, w1, b1, w2, b2: torch.relu(position_wise_ffn(x, w1, b1, w2, b2)),
+                "only the hidden layer gets a ReLU; the output must be able to go negative."),
+        Mistake("weights used without the transpose (x @ w1)",
+                lambda x, w1, b1, w2, b2: torch.relu(x @ w1 + b1) @ w2 + b2,
+                "the weights follow the nn.Linear layout (out, in): x @ w1.T + b1, or F.linear(x, w1, b1)."),
+        Mistake("the biases left out", lambda x, w1, b1, w2, b2: position_wise_ffn(x, w1, 0 * b1, w2, 0 * b2),
+                "add b1 after the first linear map and b2 after the second."),
+        Mistake("a residual added inside the FFN (x + FFN(x))",
+                lambda x, w1, b1, w2, b2: x + position_wise_ffn(x, w1, b1, w2, b2),
+                "the FFN is only the sublayer; the layer adds the residual around it."),
+        Mistake("GELU instead of ReLU", _gelu_ffn,
+                "the original Transformer (and nn.TransformerEncoderLayer by default) uses ReLU: torch.relu."),
+    ],
+)
+
+
+# ----------------------------------------------------------------------------- 3 and 5. layer params, torch references
+def _attn_params(g, d):
+    p = {}
+    for n in "qkvo":
+        p[f"w_{n}"] = _randn(g, d, d, scale=d**-0.5)
+        p[f"b_{n}"] = _randn(g, d, scale=0.3)
+    return p
+
+
+def _norm_params(g, d):
+    return {"gamma": 1.0 + 0.5 * _randn(g, d), "beta": 0.5 * _randn(g, d)}
+
+
+def layer_params(g, d, d_ff, decoder=False):
+    """A random parameter dict of an encoder (or decoder) layer, in the exercise's layout."""
+    p = {"self_attn": _attn_params(g, d)}
+    if decoder:
+        p["cross_attn"] = _attn_params(g, d)
+    p["ffn"] = dict(zip(("w1", "b1", "w2", "b2"), _ffn_weights(g, d, d_ff)))
+    for i in range(1, 4 if decoder else 3):
+        p[f"norm{i}"] = _norm_params(g, d)
+    return p
+
+
+def _load_attention(mha: nn.MultiheadAttention, p):
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([p["w_q"], p["w_k"], p["w_v"]]))
+        mha.in_proj_bias.copy_(torch.cat([p["b_q"], p["b_k"], p["b_v"]]))
+        mha.out_proj.weight.copy_(p["w_o"])
+        mha.out_proj.bias.copy_(p["b_o"])
+
+
+def _load_common(layer, p):
+    with torch.no_grad():
+        layer.linear1.weight.copy_(p["ffn"]["w1"])
+        layer.linear1.bias.copy_(p["ffn"]["b1"])
+        layer.linear2.weight.copy_(p["ffn"]["w2"])
+        layer.linear2.bias.copy_(p["ffn"]["b2"])
+        for i in (1, 2, 3):
+            if f"norm{i}" in p:
+                getattr(layer, f"norm{i}").weight.copy_(p[f"norm{i}"]["gamma"])
+                getattr(layer, f"norm{i}").bias.copy_(p[f"norm{i}"]["beta"])
+    _load_attention(layer.self_attn, p["self_attn"])
+
+
+def torch_encoder_layer(x, params, num_heads, mask=None, norm_first=False):
+    """The reference: nn.TransformerEncoderLayer (batch_first, dropout 0) with the given parameters."""
+    B, T, d = x.shape
+    layer = nn.TransformerEncoderLayer(d, num_heads, params["ffn"]["w1"].shape[0], dropout=0.0,
+                                       batch_first=True, norm_first=norm_first)
+    _load_common(layer, params)
+    src_mask = None if mask is None else torch_attn_mask(mask, B, num_heads, T, T)  # (B·h, T, T), True = blocked
+    with torch.no_grad():
+        return layer(x, src_mask=src_mask)
+
+
+def torch_decoder_layer(x, memory, params, num_heads, self_mask=None, cross_mask=None, norm_first=False):
+    """The reference: nn.TransformerDecoderLayer (batch_first, dropout 0) with the given parameters."""
+    B, T, d = x.shape
+    S = memory.shape[1]
+    layer = nn.TransformerDecoderLayer(d, num_heads, params["ffn"]["w1"].shape[0], dropout=0.0,
+                                       batch_first=True, norm_first=norm_first)
+    _load_common(layer, params)
+    _load_attention(layer.multihead_attn, params["cross_attn"])
+    tgt_mask = None if self_mask is None else torch_attn_mask(self_mask, B, num_heads, T, T)
+    memory_mask = None if cross_mask is None else torch_attn_mask(cross_mask, B, num_heads, T, S)
+    with torch.no_grad():
+        return layer(x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask)
+
+
+# ----------------------------------------------------------------------------- 3. encoder layer
+def _encoder_cases(g):
+    pad = key_padding_mask(torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]]).bool())
+    return [
+        Case("post-LN, x (2, 5, 16), 4 heads, no mask", (_randn(g, 2, 5, 16), layer_params(g, 16, 32), 4)),
+        Case("post-LN, x (3, 6, 8), 2 heads, a padding mask (3, 1, 1, 6)",
+             (_randn(g, 3, 6, 8), layer_params(g, 8, 24), 2, pad)),
+        Case("pre-LN, x (2, 5, 16), 4 heads, no mask", (_randn(g, 2, 5, 16), layer_params(g, 16, 32), 4, None, True)),
+        Case("pre-LN, x (3, 6, 8), 2 heads, a padding mask (3, 1, 1, 6)",
+             (_randn(g, 3, 6, 8), layer_params(g, 8, 24), 2, pad, True)),
+        Case("post-LN, x (1, 4, 8), 1 head, a causal mask (4, 4)",
+             (_randn(g, 1, 4, 8), layer_params(g, 8, 16), 1, causal_mask(4))),
+    ]
+
+
+def _sublayers(p, num_heads):
+    """Small closures over one parameter dict, for writing the variants below."""
+    def attn(name, q, kv, mask):
+        return multi_head_attention(q, kv, **p[name], num_heads=num_heads, mask=mask)[0]
+
+    def ffn(x, relu=True):
+        f = p["ffn"]
+        return position_wise_ffn(x, **f) if relu else F.linear(F.linear(x, f["w1"], f["b1"]), f["w2"], f["b2"])
+
+    def norm(i, x):
+        return layer_norm(x, **p[f"norm{i}"])
+
+    return attn, ffn, norm
+
+
+def _encoder_variant(res_attn=True, res_ffn=True, order="flag", use_mask=True, norms=(1, 2), outside=False,
+                     relu=True):
+    def encoder_layer(x, p, num_heads, mask=None, norm_first=False):
+        attn, ffn, norm = _sublayers(p, num_heads)
+        m = mask if use_mask else None
+        pre = {"flag": norm_first, "inverted": not norm_first, "post": False, "pre": True}[order]
+        a, b = norms
+        if pre:
+            x = (x if res_attn else 0) + attn("self_attn", norm(a, x), norm(a, x), m)
+            return (x if res_ffn else 0) + ffn(norm(b, x), relu)
+        if outside:  # x + LN(Sublayer(x))
+            x = x + norm(a, attn("self_attn", x, x, m))
+            return x + norm(b, ffn(x, relu))
+        x = norm(a, (x if res_attn else 0) + attn("self_attn", x, x, m))
+        return norm(b, (x if res_ffn else 0) + ffn(x, relu))
+
+    return encoder_layer
+
+
+ENCODER_LAYER = Exercise(
+    id=f"{CHAPTER}/encoder_layer",
+    title="An encoder layer, checked against nn.TransformerEncoderLayer",
+    reference=torch_encoder_layer,
+    cases=_encoder_cases,
+    atol=1e-4,
+    rtol=1e-4,
+    time_limit=3.0,
+    mistakes=[
+        Mistake("the residual connection around self-attention missing", _encoder_variant(res_attn=False),
+                "add the sublayer's input back: x + SelfAttention(x) (post-LN: inside the LayerNorm)."),
+        Mistake("the residual connection around the FFN missing", _encoder_variant(res_ffn=False),
+                "the FFN sublayer needs its residual too: x + FFN(x)."),
+        Mistake("post-LN and pre-LN swapped", _encoder_variant(order="inverted"),
+                "norm_first=False is post-LN, LN(x + Sublayer(x)); norm_first=True is pre-LN, x + Sublayer(LN(x))."),
+        Mistake("norm_first ignored (always post-LN)", _encoder_variant(order="post"),
+                "with norm_first=True normalise the sublayer's *input*: x + Sublayer(LN(x))."),
+        Mistake("norm_first ignored (always pre-LN)", _encoder_variant(order="pre"),
+                "with norm_first=False normalise *after* the residual: LN(x + Sublayer(x))."),
+        Mistake("the mask ignored", _encoder_variant(use_mask=False),
+                "pass `mask` on to the self-attention."),
+        Mistake("the two LayerNorms swapped (norm2 around self-attention)", _encoder_variant(norms=(2, 1)),
+                "norm1 belongs to the self-attention sublayer, norm2 to the FFN sublayer."),
+        Mistake("LayerNorm applied to the sublayer's output only: x + LN(Sublayer(x))", _encoder_variant(outside=True),
+                "post-LN normalises the sum: LN(x + Sublayer(x))."),
+        Mistake("the ReLU missing in the FFN", _encoder_variant(relu=False),
+                "the FFN is max(0, x W1ᵀ + b1) W2ᵀ + b2."),
+    ],
+)
+
+
+# ----------------------------------------------------------------------------- 4. the decoder's combined mask
+def _mask_cases(g):
+    def real(lengths, T):
+        return torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
+
+    return [
+        Case("lengths [4, 2, 3], T = 4", (real([4, 2, 3], 4),)),
+        Case("lengths [1, 5], T = 5", (real([1, 5], 5),)),
+        Case("one sequence without padding, T = 3", (real([3], 3),)),
+        Case("lengths [6, 6, 1, 4], T = 6", (real([6, 6, 1, 4], 6),)),
+    ]
+
+
+def _causal(is_real):
+    return causal_mask(is_real.shape[-1])
+
+
+DECODER_MASK = Exercise(
+    id=f"{CHAPTER}/decoder_self_mask",
+    title="The decoder's mask: padding and causal combined",
+    reference=decoder_self_mask,
+    cases=_mask_cases,
+    mistakes=[
+        Mistake("the causal part missing (a padding mask only)", lambda r: r[:, None, None, :],
+                "the decoder must not see the future: combine with causal_mask(T) using &."),
+        Mistake("a (T, T) causal mask only, without the padding", _causal,
+                "padding keys must be hidden too, and the result needs batch and head axes: (B, 1, T, T)."),
+        Mistake("the padding part missing (a causal mask only)",
+                lambda r: _causal(r).expand(r.shape[0], 1, r.shape[1], r.shape[1]),
+                "a key must be real AND not in the future: include is_real[:, None, None, :]."),
+        Mistake("| (or) instead of & (and)", lambda r: r[:, None, None, :] | _causal(r),
+                "a key may be attended only if it is real AND not in the future: use &."),
+        Mistake("the padding applied to the queries (rows) instead of the keys (columns)",
+                lambda r: r[:, None, :, None] & _causal(r),
+                "mask the padding *keys* (the last axis: is_real[:, None, None, :]). A padding query whose "
+                "row is all False has no key left at all, and its softmax is 0/0 = NaN."),
+        Mistake("the upper triangle (the future instead of the past)",
+                lambda r: r[:, None, None, :] & _causal(r).T,
+                "position i may attend to 0..i: on and below the diagonal."),
+        Mistake("no head axis: shape (B, T, T)", lambda r: r[:, None, :] & _causal(r),
+                "the attention scores are (B, h, T, T); a (B, T, T) mask would line B up with h. "
+                "Return (B, 1, T, T)."),
+    ],
+)
+
+
+# ----------------------------------------------------------------------------- 5. decoder layer
+def _decoder_cases(g):
+    tgt_real = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]).bool()  # (2, 5)
+    src_real = torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1]]).bool()  # (2, 7)
+    return [
+        Case("post-LN, x (2, 5, 16), memory (2, 7, 16), 4 heads, no masks",
+             (_randn(g, 2, 5, 16), _randn(g, 2, 7, 16), layer_params(g, 16, 32, True), 4)),
+        Case("pre-LN, x (2, 4, 8), memory (2, 6, 8), 2 heads, no masks",
+             (_randn(g, 2, 4, 8), _randn(g, 2, 6, 8), layer_params(g, 8, 16, True), 2, None, None, True)),
+        Case("post-LN, x (3, 6, 8), memory (3, 5, 8), 2 heads, a causal self_mask (6, 6)",
+             (_randn(g, 3, 6, 8), _randn(g, 3, 5, 8), layer_params(g, 8, 16, True), 2, causal_mask(6))),
+        Case("post-LN, padding + causal self_mask (2, 1, 5, 5), source padding cross_mask (2, 1, 1, 7)",
+             (_randn(g, 2, 5, 16), _randn(g, 2, 7, 16), layer_params(g, 16, 32, True), 4,
+              decoder_self_mask(tgt_real), key_padding_mask(src_real))),
+        Case("pre-LN with both masks",
+             (_randn(g, 2, 5, 16), _randn(g, 2, 7, 16), layer_params(g, 16, 32, True), 4,
+              decoder_self_mask(tgt_real), key_padding_mask(src_real), True)),
+    ]
+
+
+def _decoder_variant(self_mask_on=True, cross_mask_on=True, cross_kv="memory", cross=True, res_cross=True,
+                     order="self-cross", norm="flag"):
+    def decoder_layer(x, memory, p, num_heads, self_mask=None, cross_mask=None, norm_first=False):
+        attn, ffn, ln = _sublayers(p, num_heads)
+        sm = self_mask if self_mask_on else None
+        cm = cross_mask if cross_mask_on else None
+        pre = norm_first if norm == "flag" else norm == "pre"
+
+        def self_block(h):
+            return attn("self_attn", h, h, sm)
+
+        def cross_block(h):
+            return attn("cross_attn", h, memory if cross_kv == "memory" else h, cm)
+
+        blocks = [(self_block, 1, True), (cross_block, 2, res_cross)] if cross else [(self_block, 1, True)]
+        if order == "cross-self":
+            blocks = blocks[::-1]
+        for block, i, res in blocks:
+            if pre:
+                x = (x if res else 0) + block(ln(i, x))
+            else:
+                x = ln(i, (x if res else 0) + block(x))
+        return x + ffn(ln(3, x)) if pre else ln(3, x + ffn(x))
+
+    return decoder_layer
+
+
+DECODER_LAYER = Exercise(
+    id=f"{CHAPTER}/decoder_layer",
+    title="A decoder layer, checked against nn.TransformerDecoderLayer",
+    reference=torch_decoder_layer,
+    cases=_decoder_cases,
+    atol=1e-4,
+    rtol=1e-4,
+    time_limit=3.0,
+    mistakes=[
+        Mistake("the self-attention mask ignored (the decoder sees the future)", _decoder_variant(self_mask_on=False),
+                "pass self_mask (padding & causal) to the masked self-attention."),
+        Mistake("cross-attention keys and values from the decoder instead of the encoder memory",
+                _decoder_variant(cross_kv="decoder"),
+                "cross-attention: queries from the decoder, keys and values from `memory`."),
+        Mistake("the cross_mask ignored", _decoder_variant(cross_mask_on=False),
+                "pass cross_mask to the cross-attention, so the decoder skips the source's padding."),
+        Mistake("the cross-attention sublayer missing", _decoder_variant(cross=False),
+                "a decoder layer has three sublayers: masked self-attention, cross-attention, FFN."),
+        Mistake("the residual connection around cross-attention missing", _decoder_variant(res_cross=False),
+                "every sublayer gets its residual: x + CrossAttention(x, memory)."),
+        Mistake("cross-attention before self-attention", _decoder_variant(order="cross-self"),
+                "the order is: masked self-attention (norm1), cross-attention (norm2), FFN (norm3)."),
+        Mistake("norm_first ignored (always post-LN)", _decoder_variant(norm="post"),
+                "with norm_first=True each sublayer is x + Sublayer(LN(x))."),
+        Mistake("norm_first ignored (always pre-LN)", _decoder_variant(norm="pre"),
+                "with norm_first=False each sublayer is LN(x + Sublayer(x))."),
+    ],
+)
+
+
+# ----------------------------------------------------------------------------- 6. predict before you compute
+def predict_decoder_params() -> int:
+    """Parameters of one decoder layer with d_model = 512, 8 heads, d_ff = 2048 (the paper's base model)."""
+    return sum(p.numel() for p in DecoderLayer(512, 8, 2048).parameters())
+
+
+def _params(d=512, d_ff=2048, bias=True, norms=3, attns=2, proj=4):
+    attn = proj * d * d + (proj * d if bias else 0)
+    ffn = 2 * d * d_ff + ((d_ff + d) if bias else 0)
+    return attns * attn + ffn + norms * 2 * d
+
+
+PREDICT_PARAMS = Exercise(
+    id=f"{CHAPTER}/predict_decoder_params",
+    title="Predict the size of a decoder layer",
+    reference=predict_decoder_params,
+    cases=lambda g: [Case("your prediction", ())],
+    atol=0.5,
+    rtol=0.0,
+    kind="prediction",
+    mistakes=[
+        Mistake("an encoder layer's count (no cross-attention)", lambda: _params(attns=1, norms=2),
+                "a decoder layer has two attention blocks (self and cross) and three LayerNorms."),
+        Mistake("a count without the biases", lambda: _params(bias=False),
+                "every nn.Linear has a bias: d_model for each attention projection, d_ff and d_model in the FFN."),
+        Mistake("a count without the LayerNorm parameters", lambda: _params(norms=0),
+                "each of the three LayerNorms has a gamma and a beta of d_model numbers each."),
+        Mistake("attention counted without its output projection W_O", lambda: _params(proj=3),
+                "multi-head attention has four d_model × d_model projections: W_Q, W_K, W_V and W_O."),
+        Mistake("one LayerNorm parameter vector per norm instead of two", lambda: _params() - 3 * 512,
+                "a LayerNorm has both gamma and beta."),
+    ],
+)
+
+EXERCISES = [LAYER_NORM, FFN, ENCODER_LAYER, DECODER_MASK, DECODER_LAYER, PREDICT_PARAMS]

@@ -1,0 +1,257 @@
+"""The Transformer's layers — taught in chapter 07, assembled into the full model in chapter 08.
+
+* ``layer_norm`` / ``LayerNorm``, ``position_wise_ffn`` / ``FeedForward``: the two new pieces.
+* ``EncoderLayer`` and ``DecoderLayer``: attention and the FFN, each inside a residual connection
+  with a LayerNorm, post-LN (``norm_first=False``, the 2017 paper) or pre-LN (``norm_first=True``).
+  Each keeps the attention weights of its last forward pass (``self_attn_weights``,
+  ``cross_attn_weights``) so they can be drawn.
+* ``TokenEmbedding`` (×√d_model) and ``tie_weights`` for the output projection.
+* Masks in the convention of chapter 04 (bool, True = may attend): ``key_padding_mask``,
+  ``decoder_self_mask``, ``make_masks``; ``torch_attn_mask`` converts to PyTorch's convention.
+* ``from_torch_state_dict`` / ``copy_from_torch``: load the weights of ``nn.TransformerEncoderLayer``,
+  ``nn.TransformerDecoderLayer`` or a whole ``nn.Transformer`` into modules built from these layers.
+
+Linear maps follow ``torch.nn.functional.linear``: y = x Wᵀ + b, with W of shape (out, in).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from book.attention import causal_mask
+from book.multihead import MultiHeadAttention
+
+
+# ----------------------------------------------------------------------------- LayerNorm
+def layer_norm(x, gamma, beta, eps=1e-5):
+    """Normalise each vector over its last dimension to mean 0, variance 1, then scale and shift.
+
+    x: (..., d)   gamma, beta: (d,)   returns (..., d); equal to F.layer_norm(x, (d,), gamma, beta, eps)
+    """
+    if gamma.shape != x.shape[-1:] or beta.shape != x.shape[-1:]:
+        raise ValueError(f"gamma and beta must have shape {tuple(x.shape[-1:])}, "
+                         f"got {tuple(gamma.shape)} and {tuple(beta.shape)}")
+    mean = x.mean(dim=-1, keepdim=True)  # (..., 1)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)  # (..., 1) biased: divide by d, not d - 1
+    x_hat = (x - mean) / torch.sqrt(var + eps)  # (..., d) eps inside the square root
+    return gamma * x_hat + beta  # (..., d)
+
+
+class LayerNorm(nn.Module):
+    """layer_norm with learned gamma (``weight``) and beta (``bias``), named as in nn.LayerNorm."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))  # gamma: starts as "no scaling"
+        self.bias = nn.Parameter(torch.zeros(d_model))  # beta: starts as "no shift"
+
+    def forward(self, x):
+        return layer_norm(x, self.weight, self.bias, self.eps)  # (..., d_model)
+
+
+# ----------------------------------------------------------------------------- position-wise feed-forward network
+def position_wise_ffn(x, w1, b1, w2, b2):
+    """FFN(x) = max(0, x W1ᵀ + b1) W2ᵀ + b2, applied to every position on its own.
+
+    x: (..., d_model)   w1: (d_ff, d_model)   b1: (d_ff,)   w2: (d_model, d_ff)   b2: (d_model,)
+    """
+    hidden = torch.relu(F.linear(x, w1, b1))  # (..., d_ff): widen, then ReLU
+    return F.linear(hidden, w2, b2)  # (..., d_model): back to the model width
+
+
+class FeedForward(nn.Module):
+    """position_wise_ffn as a module (names as in nn.TransformerEncoderLayer: linear1, linear2)."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, d_ff)  # weight (d_ff, d_model)
+        self.linear2 = nn.Linear(d_ff, d_model)  # weight (d_model, d_ff)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        hidden = self.dropout(torch.relu(self.linear1(x)))  # (..., d_ff)
+        return self.linear2(hidden)  # (..., d_model)
+
+
+# ----------------------------------------------------------------------------- encoder and decoder layers
+def _check_layer_args(d_model, num_heads, d_ff, dropout):
+    for name, value in (("d_model", d_model), ("num_heads", num_heads), ("d_ff", d_ff)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention, then a position-wise FFN; each inside a residual connection with a LayerNorm.
+
+    post-LN (norm_first=False, the 2017 paper, torch's default):  x = LN(x + Sublayer(x))
+    pre-LN  (norm_first=True):                                    x = x + Sublayer(LN(x))
+    """
+
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.0, norm_first: bool = False):
+        super().__init__()
+        _check_layer_args(d_model, num_heads, d_ff, dropout)
+        self.norm_first = norm_first
+        self.self_attn = MultiHeadAttention(d_model, num_heads)
+        self.ffn = FeedForward(d_model, d_ff, dropout)
+        self.norm1, self.norm2 = LayerNorm(d_model), LayerNorm(d_model)
+        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.self_attn_weights = None  # (B, h, T, T) of the last forward pass, for pictures
+
+    def forward(self, x, mask=None):
+        """x: (B, T, d_model); mask: bool, True = may attend, broadcastable to (B, h, T, T)."""
+        if self.norm_first:  # pre-LN
+            x = x + self._self_attention(self.norm1(x), mask)  # (B, T, d_model)
+            return x + self.dropout2(self.ffn(self.norm2(x)))  # (B, T, d_model)
+        x = self.norm1(x + self._self_attention(x, mask))  # post-LN, (B, T, d_model)
+        return self.norm2(x + self.dropout2(self.ffn(x)))  # (B, T, d_model)
+
+    def _self_attention(self, x, mask):
+        out, weights = self.self_attn(x, x, mask)  # (B, T, d_model), (B, h, T, T)
+        self.self_attn_weights = weights.detach()
+        return self.dropout1(out)
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, cross-attention to the encoder's memory, then a position-wise FFN.
+
+    Each of the three sublayers sits inside a residual connection with a LayerNorm (post-LN or
+    pre-LN, as in EncoderLayer). Cross-attention: queries from the decoder, keys and values from
+    the memory.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.0, norm_first: bool = False):
+        super().__init__()
+        _check_layer_args(d_model, num_heads, d_ff, dropout)
+        self.norm_first = norm_first
+        self.self_attn = MultiHeadAttention(d_model, num_heads)
+        self.cross_attn = MultiHeadAttention(d_model, num_heads)
+        self.ffn = FeedForward(d_model, d_ff, dropout)
+        self.norm1, self.norm2, self.norm3 = LayerNorm(d_model), LayerNorm(d_model), LayerNorm(d_model)
+        self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+        self.self_attn_weights = None  # (B, h, T, T) of the last forward pass
+        self.cross_attn_weights = None  # (B, h, T, S) of the last forward pass
+
+    def forward(self, x, memory, self_mask=None, cross_mask=None):
+        """x: (B, T, d_model) decoder side; memory: (B, S, d_model) the encoder's output.
+
+        self_mask: broadcastable to (B, h, T, T), usually padding & causal (decoder_self_mask);
+        cross_mask: broadcastable to (B, h, T, S), usually the source padding (key_padding_mask).
+        """
+        if self.norm_first:  # pre-LN
+            x = x + self._self_attention(self.norm1(x), self_mask)  # (B, T, d_model)
+            x = x + self._cross_attention(self.norm2(x), memory, cross_mask)  # (B, T, d_model)
+            return x + self.dropout3(self.ffn(self.norm3(x)))  # (B, T, d_model)
+        x = self.norm1(x + self._self_attention(x, self_mask))  # post-LN, (B, T, d_model)
+        x = self.norm2(x + self._cross_attention(x, memory, cross_mask))  # (B, T, d_model)
+        return self.norm3(x + self.dropout3(self.ffn(x)))  # (B, T, d_model)
+
+    def _self_attention(self, x, mask):
+        out, weights = self.self_attn(x, x, mask)  # (B, T, d_model), (B, h, T, T)
+        self.self_attn_weights = weights.detach()
+        return self.dropout1(out)
+
+    def _cross_attention(self, x, memory, mask):
+        out, weights = self.cross_attn(x, memory, mask)  # (B, T, d_model), (B, h, T, S)
+        self.cross_attn_weights = weights.detach()
+        return self.dropout2(out)
+
+
+# ----------------------------------------------------------------------------- embeddings and the output projection
+class TokenEmbedding(nn.Module):
+    """Token ids (B, T) -> vectors (B, T, d_model), multiplied by √d_model as in the paper.
+
+    The table starts with entries of spread 1/√d_model (the scale of an output projection it may be
+    tied to), so after the ×√d_model the vectors have entries of order 1, like a positional encoding.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int, padding_idx: int | None = None):
+        super().__init__()
+        self.d_model = d_model
+        self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=padding_idx)
+        nn.init.normal_(self.embedding.weight, std=d_model**-0.5)
+        if padding_idx is not None:
+            with torch.no_grad():
+                self.embedding.weight[padding_idx].zero_()
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.embedding.weight  # (vocab_size, d_model)
+
+    def forward(self, tokens):
+        if tokens.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"token ids must be an integer tensor, got {tokens.dtype}")
+        return self.embedding(tokens) * math.sqrt(self.d_model)  # (B, T, d_model)
+
+
+def tie_weights(output_projection: nn.Linear, embedding) -> None:
+    """Make the output projection use the embedding table itself: one (vocab, d_model) matrix, not two."""
+    table = embedding.weight  # TokenEmbedding or nn.Embedding: (vocab_size, d_model)
+    if output_projection.weight.shape != table.shape:
+        raise ValueError(f"cannot tie: the output projection's weight has shape "
+                         f"{tuple(output_projection.weight.shape)}, the embedding {tuple(table.shape)}")
+    output_projection.weight = table  # the same Parameter: one set of numbers, two uses
+
+
+# ----------------------------------------------------------------------------- masks (True = may attend)
+def key_padding_mask(is_real):
+    """(B, T_k) bool, True at real tokens -> (B, 1, 1, T_k): every head and every query skips padding."""
+    return is_real[:, None, None, :]  # (B, 1, 1, T_k)
+
+
+def decoder_self_mask(is_real):
+    """(B, T) bool, True at real tokens -> (B, 1, T, T): a key must be real AND not in the future."""
+    T = is_real.size(-1)
+    return key_padding_mask(is_real) & causal_mask(T, device=is_real.device)  # (B, 1, T, T)
+
+
+def make_masks(src, tgt, pad_id: int):
+    """Token ids src (B, S) and tgt (B, T) -> the three masks of an encoder–decoder.
+
+    returns encoder self-attention (B, 1, 1, S), decoder self-attention (B, 1, T, T),
+    cross-attention (B, 1, 1, S)
+    """
+    src_mask = key_padding_mask(src != pad_id)  # (B, 1, 1, S)
+    return src_mask, decoder_self_mask(tgt != pad_id), src_mask
+
+
+def torch_attn_mask(mask, batch: int, num_heads: int, t_q: int, t_k: int):
+    """The book's mask (True = may attend, broadcastable to (B, h, T_q, T_k)) in PyTorch's form for
+    nn.MultiheadAttention / nn.Transformer*: (B·h, T_q, T_k) bool with True = blocked."""
+    full = torch.broadcast_to(mask, (batch, num_heads, t_q, t_k))  # (B, h, T_q, T_k)
+    return ~full.reshape(batch * num_heads, t_q, t_k)  # (B·h, T_q, T_k)
+
+
+# ----------------------------------------------------------------------------- weights from torch.nn
+_RENAMED = {"multihead_attn": "cross_attn", "out_proj": "w_o", "linear1": "ffn.linear1", "linear2": "ffn.linear2"}
+
+
+def from_torch_state_dict(state: dict) -> dict:
+    """Rename (and split) a state dict of nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
+    nn.TransformerEncoder/Decoder or nn.Transformer into this module's parameter names.
+
+    in_proj_weight (3·d_model, d_model) -> w_q.weight, w_k.weight, w_v.weight (d_model, d_model) each;
+    out_proj -> w_o; multihead_attn -> cross_attn; linear1/linear2 -> ffn.linear1/ffn.linear2.
+    """
+    out = {}
+    for name, tensor in state.items():
+        parts = [_RENAMED.get(p, p) for p in name.split(".")]
+        prefix, leaf = ".".join(parts[:-1]), parts[-1]
+        if leaf in ("in_proj_weight", "in_proj_bias"):
+            kind = "weight" if leaf.endswith("weight") else "bias"
+            for proj, chunk in zip(("w_q", "w_k", "w_v"), tensor.chunk(3, dim=0)):
+                out[f"{prefix}.{proj}.{kind}".lstrip(".")] = chunk
+        else:
+            out[".".join(parts)] = tensor
+    return out
+
+
+def copy_from_torch(mine: nn.Module, theirs: nn.Module, strict: bool = True) -> nn.Module:
+    """Load the weights of a torch.nn Transformer module into the book's equivalent; returns ``mine``."""
+    mine.load_state_dict(from_torch_state_dict(theirs.state_dict()), strict=strict)
+    return mine
