@@ -298,6 +298,74 @@ def labeled_scatter(points, labels: Sequence[str], groups: Sequence[str] | None 
     return fig
 
 
+# ----------------------------------------------------------------------------- chapters 05–06 (heads, positions)
+def matrix_explorer(maps: Mapping[str, object], *, title: str, x_title: str, y_title: str,
+                    label: str = "variant", control: str = "slider", active: int = 0,
+                    zmin: float | None = None, zmax: float | None = None, colorscale: str | None = None,
+                    value_name: str = "value") -> go.Figure:
+    """Heatmaps of numeric matrices (their shapes may differ) behind one slider or dropdown.
+
+    Rows run top to bottom and columns left to right, both numbered from 0 (e.g. positions ×
+    features). Without zmin/zmax the colour range is ±(largest |value| of all maps) on a diverging
+    scale (red < 0 < blue); with zmin >= 0 the book's light-to-dark blue scale is used.
+    """
+    if control not in ("slider", "dropdown"):
+        raise ValueError(f"control must be 'slider' or 'dropdown', got {control!r}")
+    if not maps:
+        raise ValueError("maps is empty: give at least one {label: matrix} entry")
+    names = list(maps)
+    zs = [np.round(_to_numpy(maps[n]), 4) for n in names]  # 4 decimals: a lighter page, same picture
+    for n, z in zip(names, zs):
+        if z.ndim != 2:
+            raise ValueError(f"{n!r}: need a 2-D matrix, got shape {z.shape}")
+    if zmin is None and zmax is None:
+        m = max(float(np.abs(z).max()) for z in zs) or 1.0
+        zmin, zmax = -m, m
+    if colorscale is None:
+        colorscale = "RdBu" if zmin is not None and zmin < 0 else COLORSCALE
+
+    def axes_of(z):
+        return list(range(z.shape[1])), list(range(z.shape[0]))
+
+    x, y = axes_of(zs[active])
+    fig = go.Figure(go.Heatmap(
+        z=zs[active], x=x, y=y, colorscale=colorscale, zmin=zmin, zmax=zmax,
+        hovertemplate=f"{y_title} %{{y}} · {x_title} %{{x}}<br>{value_name} %{{z:.3f}}<extra></extra>",
+        colorbar=dict(title=dict(text=value_name), thickness=12),
+    ))
+    steps = [dict(method="update", label=n,
+                  args=[{"z": [z], "x": [axes_of(z)[0]], "y": [axes_of(z)[1]]}, {"title.text": f"{title} — {label}: {n}"}])
+             for n, z in zip(names, zs)]
+    fig.update_layout(title=dict(text=f"{title} — {label}: {names[active]}", x=0.0, xanchor="left"),
+                      template="plotly_white", font=FONT, margin=dict(l=70, r=20, t=60, b=60),
+                      xaxis=dict(title_text=x_title), yaxis=dict(title_text=y_title, autorange="reversed"))
+    if len(names) == 1:
+        return fig.update_layout(height=440)
+    if control == "slider":
+        return fig.update_layout(height=530, sliders=[dict(active=active, steps=steps, pad=dict(t=50),
+                                                           currentvalue=dict(prefix=f"{label}: "))])
+    return fig.update_layout(height=460, updatemenus=[dict(buttons=steps, active=active, x=1.0, xanchor="right",
+                                                           y=1.12, yanchor="bottom", direction="down")])
+
+
+def bar_chart(categories: Sequence[str], series: Mapping[str, Sequence[float]], *, title: str,
+              x_title: str, y_title: str, y_range: Sequence[float] | None = None) -> go.Figure:
+    """Grouped bars: one group per category, one bar per series; hover shows the exact value."""
+    fig = go.Figure()
+    for name, ys in series.items():
+        ys = list(ys)
+        if len(ys) != len(categories):
+            raise ValueError(f"series {name!r} has {len(ys)} values for {len(categories)} categories")
+        fig.add_trace(go.Bar(x=list(categories), y=ys, name=name,
+                             hovertemplate=f"{name}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(title=dict(text=title, x=0.0), template="plotly_white", font=FONT, height=420,
+                      barmode="group", margin=dict(l=70, r=20, t=60, b=60), xaxis_title=x_title,
+                      yaxis_title=y_title, legend=dict(orientation="h", y=-0.2))
+    if y_range is not None:
+        fig.update_yaxes(range=list(y_range))
+    return fig
+
+
 # ----------------------------------------------------------------------------- chapter 07 (encoder–decoder)
 MASK_COLORSCALE = [[0.0, "#e2e8f0"], [0.5, "#e2e8f0"], [0.5, "#2b6cb0"], [1.0, "#2b6cb0"]]  # blocked, may attend
 
