@@ -118,3 +118,16 @@ def load_checkpoint(path, map_location="cpu") -> Transformer:
     model = Transformer(TransformerConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     return model
+
+
+def attention_maps(model: Transformer) -> dict:
+    """The attention weights of the model's last forward pass, per kind and layer.
+
+    returns {"encoder self-attention": [(B, h, S, S) per layer], "decoder self-attention":
+    [(B, h, T, T) ...], "cross-attention": [(B, h, T, S) ...]}
+    """
+    return {
+        "encoder self-attention": [layer.self_attn_weights for layer in model.encoder.layers],
+        "decoder self-attention": [layer.self_attn_weights for layer in model.decoder.layers],
+        "cross-attention": [layer.cross_attn_weights for layer in model.decoder.layers],
+    }

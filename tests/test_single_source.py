@@ -1,7 +1,7 @@
 """Each concept has one home: the functions a chapter shows are the ones in book/, line for line.
 
 A chapter cell that begins with the comment ``# book/<module>.py`` shows code that lives in that
-module; every function defined in such a cell must be identical to the module's.
+module; every function and class defined in such a cell must be identical to the module's.
 """
 import ast
 import importlib
@@ -28,7 +28,9 @@ def shown_functions():
             module = marks[0].replace("/", ".")
             tree = ast.parse(cell.source)
             for node in tree.body:
-                if isinstance(node, ast.FunctionDef):
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                    if node.decorator_list:  # include decorator lines (e.g. @dataclass)
+                        node.lineno = node.decorator_list[0].lineno
                     lines = cell.source.splitlines()[node.lineno - 1 : node.end_lineno]  # whole lines
                     found.append((path.name, module, node.name, "\n".join(lines)))
     return found
