@@ -246,7 +246,8 @@ def linear_map_explorer(matrices: Mapping[str, object], *, title: str = "What a 
         image = a @ circle  # (2, 121)
         arrows = [lam[i] * vec[:, i] for i in (1, 0)]  # largest eigenvalue first
         entries = ", ".join("[" + ", ".join(f"{v:g}" for v in row) + "]" for row in a)
-        heading = f"{title}<br><sub>{label} “{name}”: A = [{entries}]</sub>"
+        heading = (f"{title}<br><sub>{name}: A = [{entries}]<br>"
+                   f"λ₁ = {lam[1]:.2f} (orange), λ₂ = {lam[0]:.2f} (green)</sub>")
         variants.append((name, heading, image, arrows, lam[::-1]))
     r = 1.15 * max(1.0, *(np.abs(v[2]).max() for v in variants))
 
@@ -268,10 +269,10 @@ def linear_map_explorer(matrices: Mapping[str, object], *, title: str = "What a 
         steps.append(dict(method="update", label=name, args=[{"x": sx, "y": sy, "name": sn}, {"title.text": heading}]))
     fig.update_layout(
         title=dict(text=variants[0][1], x=0.0, xanchor="left"),
-        template="plotly_white", font=FONT, height=600, margin=dict(l=50, r=20, t=110, b=40),
+        template="plotly_white", font=FONT, height=600, margin=dict(l=50, r=20, t=100, b=40),
         xaxis=dict(range=[-r, r], zeroline=True, constrain="domain"),
         yaxis=dict(range=[-r, r], zeroline=True, scaleanchor="x", scaleratio=1, constrain="domain"),
-        legend=dict(orientation="h", x=0.0, y=1.0, yanchor="bottom"),
+        showlegend=False,  # the subtitle names the colours; hover names every trace
         sliders=[dict(active=0, steps=steps, pad=dict(t=40), currentvalue=dict(prefix=f"{label}: "))],
     )
     return fig
@@ -292,8 +293,11 @@ def labeled_scatter(points, labels: Sequence[str], groups: Sequence[str] | None 
                                  text=[labels[i] for i in idx], textfont=dict(size=11),
                                  textposition=[places[k % 4] for k in range(len(idx))],
                                  marker=dict(size=8), hovertemplate="%{text}<extra></extra>"))
+    lo, hi = p.min(axis=0), p.max(axis=0)
+    pad = 0.15 * np.maximum(hi - lo, 1e-9)  # room for the labels at the edges
     fig.update_layout(title=dict(text=title, x=0.0), template="plotly_white", font=FONT, height=480,
                       margin=dict(l=60, r=20, t=60, b=60), xaxis_title=x_title, yaxis_title=y_title,
+                      xaxis_range=[lo[0] - pad[0], hi[0] + pad[0]], yaxis_range=[lo[1] - pad[1], hi[1] + pad[1]],
                       legend=dict(orientation="h", y=-0.18), showlegend=groups[0] != "")
     return fig
 
