@@ -8,7 +8,8 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from book.foundations import progress_bar
 
 
 def noam_lr(step: int, d_model: int, warmup: int) -> float:
@@ -74,7 +75,7 @@ def train(model, batches: Iterator, steps: int, *, pad_id: int, warmup: int = 20
     opt = torch.optim.Adam(model.parameters(), lr=1.0, betas=(0.9, 0.98), eps=1e-9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_at(i + 1, steps, d_model, warmup, lr_scale, cooldown))
     hist, trained = History(), 0.0
-    bar = tqdm(range(1, steps + 1), desc=desc, leave=False)
+    bar = progress_bar(range(1, steps + 1), desc=desc)  # a live bar in Jupyter, a text line on the site
     for step in bar:
         t0 = time.perf_counter()
         model.train()
@@ -97,6 +98,7 @@ def train(model, batches: Iterator, steps: int, *, pad_id: int, warmup: int = 20
             hist.evals.append((step, trained, evaluate(model)))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
     model.eval()
     return hist
 
