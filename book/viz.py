@@ -437,3 +437,55 @@ def token_map_explorer(variants: Mapping[str, tuple], *, control: str = "dropdow
     fig.update_layout(updatemenus=[dict(buttons=steps, active=active, x=1.0, xanchor="right",
                                         y=1.12, yanchor="bottom", direction="down")])
     return _layout(fig, fig.layout.title.text, n_rows, extra_height=20)
+
+
+# ----------------------------------------------------------------------------- chapter 03 (sequence models)
+def log_heatmap_explorer(maps: Mapping[str, object], x: Sequence[float], y: Sequence[float], *, title: str,
+                         x_title: str, y_title: str, value_name: str = "value", label: str = "variant",
+                         control: str = "dropdown", zmin: float = -8.0, zmax: float = 4.0,
+                         active: int = 0) -> go.Figure:
+    """Positive numbers (e.g. gradient norms) on a log scale, behind a dropdown or slider.
+
+    Each entry of ``maps`` is a (len(y), len(x)) matrix. Colour is log10(value): white at 1, blue
+    below (shrinking), red above (growing); hover shows the value itself. ``x`` and ``y`` are the
+    labels of the columns and rows: numbers are placed to scale, strings as evenly spaced categories.
+    """
+    if control not in ("slider", "dropdown"):
+        raise ValueError(f"control must be 'slider' or 'dropdown', got {control!r}")
+    if not maps:
+        raise ValueError("maps is empty: give at least one {label: matrix} entry")
+    names = list(maps)
+    values = [_to_numpy(maps[n]) for n in names]
+    for n, v in zip(names, values):
+        if v.shape != (len(y), len(x)):
+            raise ValueError(f"{n!r}: need a matrix of shape (len(y), len(x)) = {(len(y), len(x))}, got {v.shape}")
+    if not zmin < 0 < zmax:
+        raise ValueError(f"need zmin < 0 < zmax (log10 of the colour range), got {zmin} and {zmax}")
+    logs = [np.log10(np.clip(v, 1e-30, None)) for v in values]
+    ticks = list(range(int(np.ceil(zmin)), int(np.floor(zmax)) + 1, 2))
+    w = -zmin / (zmax - zmin)  # where 10^0 = 1 falls on the colour bar: white
+    scale = [[0.0, "#08306b"], [0.5 * w, "#4292c6"], [0.9 * w, "#deebf7"], [w, "#ffffff"],
+             [w + 0.4 * (1 - w), "#fc9272"], [1.0, "#a50f15"]]
+    fig = go.Figure(go.Heatmap(
+        z=logs[active], x=list(x), y=list(y), customdata=values[active],
+        colorscale=scale, zmin=zmin, zmax=zmax,
+        hovertemplate=f"{y_title} %{{y}} · {x_title} %{{x}}<br>{value_name} %{{customdata:.2e}}<extra></extra>",
+        colorbar=dict(title=dict(text=value_name), thickness=12, tickvals=ticks,
+                      ticktext=[f"1e{t}" if t else "1" for t in ticks]),
+    ))
+    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left"),  # the control names the variant
+                      template="plotly_white", font=FONT, margin=dict(l=70, r=20, t=60, b=60),
+                      xaxis=dict(title_text=x_title), yaxis=dict(title_text=y_title, autorange="reversed"))
+    for axis, labels in ((fig.layout.xaxis, x), (fig.layout.yaxis, y)):
+        if all(isinstance(v, str) for v in labels):
+            axis.type = "category"
+    if len(names) == 1:
+        return fig.update_layout(height=440)
+    steps = [dict(method="restyle", label=n, args=[{"z": [z], "customdata": [v]}])
+             for n, z, v in zip(names, logs, values)]
+    if control == "slider":
+        return fig.update_layout(height=530, sliders=[dict(active=active, steps=steps, pad=dict(t=50),
+                                                           currentvalue=dict(prefix=f"{label}: "))])
+    # the menu sits on its own line under the title, left-aligned, so the two never overlap on a phone
+    return fig.update_layout(height=500, margin=dict(t=105), updatemenus=[dict(
+        buttons=steps, active=active, x=0.0, xanchor="left", y=1.02, yanchor="bottom", direction="down")])
