@@ -431,9 +431,9 @@ def token_map_explorer(variants: Mapping[str, tuple], *, control: str = "dropdow
         return _layout(fig, title, n_rows)
     fig.update_layout(title_text=title_of(names[active]))
     if control == "slider":
-        fig.update_layout(sliders=[dict(active=active, steps=steps, pad=dict(t=60),
+        fig.update_layout(sliders=[dict(active=active, steps=steps, pad=dict(t=80),
                                          currentvalue=dict(prefix=f"{label}: "))])
-        return _layout(fig, fig.layout.title.text, n_rows, extra_height=90)
+        return _layout(fig, fig.layout.title.text, n_rows, extra_height=110)
     fig.update_layout(updatemenus=[dict(buttons=steps, active=active, x=1.0, xanchor="right",
                                         y=1.12, yanchor="bottom", direction="down")])
     return _layout(fig, fig.layout.title.text, n_rows, extra_height=20)
