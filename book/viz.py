@@ -17,7 +17,7 @@ from plotly.io.base_renderers import MimetypeRenderer
 from plotly.subplots import make_subplots
 
 SITE_RENDERER = "book_site"
-PLOT_CONFIG = {"responsive": True, "displaylogo": False}
+PLOT_CONFIG = {"responsive": True, "displaylogo": False, "displayModeBar": False}  # no toolbar over titles on phones
 COLORSCALE = "Blues"  # light -> dark blue: readable on white cards in both light and dark themes
 FONT = dict(family="system-ui, -apple-system, 'Segoe UI', sans-serif", size=13)
 
@@ -94,7 +94,7 @@ def _axes(fig, rows, cols, row=None, col=None, title_x="key (attended to)", titl
 
 def _layout(fig, title, n_rows, extra_height=0):
     fig.update_layout(
-        title=dict(text=title, x=0.0, xanchor="left"),
+        title=dict(text=title, x=0.0, xanchor="left", font=dict(size=15)),
         template="plotly_white",
         font=FONT,
         height=int(min(720, 200 + 26 * n_rows + extra_height)),
@@ -140,12 +140,13 @@ def attention_explorer(maps: Mapping[str, object], rows: Sequence[str], cols: Se
     ]
     fig.update_layout(title_text=f"{title} — {label}: {names[active]}")
     if control == "slider":
-        fig.update_layout(sliders=[dict(active=active, steps=steps, pad=dict(t=60),
-                                         currentvalue=dict(prefix=f"{label}: "))])
-        return _layout(fig, fig.layout.title.text, len(rows), extra_height=90)
-    fig.update_layout(updatemenus=[dict(buttons=steps, active=active, x=1.0, xanchor="right",
-                                        y=1.12, yanchor="bottom", direction="down")])
-    return _layout(fig, fig.layout.title.text, len(rows), extra_height=20)
+        fig.update_layout(sliders=[dict(active=active, steps=steps, pad=dict(t=95),
+                                         currentvalue=dict(prefix=f"{label}: ", xanchor="right"))])
+        return _layout(fig, fig.layout.title.text, len(rows), extra_height=110)
+    fig.update_layout(updatemenus=[dict(buttons=steps, active=active, x=0.0, xanchor="left", y=1.0,
+                                        yanchor="bottom", pad=dict(b=8), direction="down")])
+    fig = _layout(fig, fig.layout.title.text, len(rows), extra_height=60)
+    return fig.update_layout(margin=dict(t=110))  # title on top, the menu below it: no overlap on phones
 
 
 def query_explorer(weights, rows: Sequence[str], cols: Sequence[str] | None = None, *,
@@ -168,7 +169,7 @@ def query_explorer(weights, rows: Sequence[str], cols: Sequence[str] | None = No
         template="plotly_white", font=FONT, height=420, margin=dict(l=60, r=20, t=60, b=60),
         yaxis=dict(range=[0, 1], title_text="attention weight"),
         xaxis=dict(tickmode="array", tickvals=x, ticktext=cols, tickangle=-45, title_text="key"),
-        sliders=[dict(active=0, steps=steps, pad=dict(t=70), currentvalue=dict(prefix="query: "))],
+        sliders=[dict(active=0, steps=steps, pad=dict(t=85), currentvalue=dict(prefix="query: ", xanchor="right"))],
     )
     return fig
 
@@ -489,3 +490,60 @@ def log_heatmap_explorer(maps: Mapping[str, object], x: Sequence[float], y: Sequ
     # the menu sits on its own line under the title, left-aligned, so the two never overlap on a phone
     return fig.update_layout(height=500, margin=dict(t=105), updatemenus=[dict(
         buttons=steps, active=active, x=0.0, xanchor="left", y=1.02, yanchor="bottom", direction="down")])
+
+
+# ----------------------------------------------------------------------------- chapter 08 (the full Transformer)
+def attention_views(views: Sequence[Mapping], *, title: str = "Attention", ncols: int = 2,
+                    label: str = "view", active: int = 0) -> go.Figure:
+    """Every head of one attention layer as a grid of maps, and a dropdown over many such layers.
+
+    ``views``: [{"label": "encoder · layer 1", "maps": {"head 1": (T_q, T_k), ...}, "rows": [...],
+    "cols": [...]}, ...]; all views have the same number of heads but may differ in size (other
+    sentences, self- or cross-attention). The dropdown swaps all heads and the token labels at once.
+    """
+    if not views:
+        raise ValueError("views is empty")
+    heads = list(views[0]["maps"])
+    if any(list(v["maps"]) != heads for v in views):
+        raise ValueError("every view must have the same heads, in the same order")
+    n_rows = -(-len(heads) // ncols)
+    fig = make_subplots(rows=n_rows, cols=ncols, subplot_titles=heads, horizontal_spacing=0.12,
+                        vertical_spacing=0.2)
+    prepared = []
+    for v in views:
+        zs = [_to_numpy(v["maps"][h]) for h in heads]
+        for z in zs:
+            _check_labels(z, v["rows"], v["cols"])
+        prepared.append((zs, list(v["rows"]), list(v["cols"]), _hover_cells(v["rows"], v["cols"])))
+    zs, rows, cols, cells = prepared[active]
+    for i, z in enumerate(zs):
+        tr = _heatmap_trace(z, rows, cols, 1.0, "weight")
+        tr.update(texttemplate=None, showscale=i == 0, customdata=cells)
+        fig.add_trace(tr, row=i // ncols + 1, col=i % ncols + 1)
+        _axes(fig, rows, cols, row=i // ncols + 1, col=i % ncols + 1, title_x="", title_y="")
+    fig.update_xaxes(tickangle=0, tickfont=dict(size=10))
+    fig.update_yaxes(tickfont=dict(size=10))
+
+    def axis_updates(rows, cols):
+        upd = {}
+        for i in range(len(heads)):
+            suffix = "" if i == 0 else str(i + 1)
+            upd.update({f"xaxis{suffix}.tickvals": list(range(len(cols))), f"xaxis{suffix}.ticktext": cols,
+                        f"yaxis{suffix}.tickvals": list(range(len(rows))), f"yaxis{suffix}.ticktext": rows})
+        return upd
+
+    buttons = []
+    for v, (zs, rows, cols, cells) in zip(views, prepared):
+        data = {"z": zs, "x": [list(range(len(cols)))] * len(zs), "y": [list(range(len(rows)))] * len(zs),
+                "customdata": [cells] * len(zs)}
+        buttons.append(dict(method="update", label=v["label"],
+                            args=[data, {"title.text": f"{title}: {v['label']}", **axis_updates(rows, cols)}]))
+    tallest = max(len(r) for _, r, _, _ in prepared)
+    fig.update_layout(
+        title=dict(text=f"{title}: {views[active]['label']}", x=0.0, font=dict(size=15)),
+        template="plotly_white", font=FONT, margin=dict(l=40, r=20, t=110, b=40),
+        height=int(160 + n_rows * (40 + 15 * tallest)),
+        updatemenus=[dict(buttons=buttons, active=active, x=0.0, xanchor="left", y=1.0, yanchor="bottom",
+                          pad=dict(b=30), direction="down")],
+    )
+    return fig
