@@ -47,7 +47,7 @@ def use_site_renderer() -> None:
 def _to_numpy(a) -> np.ndarray:
     if hasattr(a, "detach"):  # torch tensor, on any device
         a = a.detach().cpu().numpy()
-    return np.asarray(a, dtype=float)
+    return np.round(np.asarray(a, dtype=float), 4)  # 4 decimals: what hover shows; keeps pages light
 
 
 def _check_labels(weights: np.ndarray, rows: Sequence[str], cols: Sequence[str]) -> None:

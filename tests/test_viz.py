@@ -17,7 +17,7 @@ def test_heatmap_keeps_duplicate_tokens_distinct_and_hovers_exact_weight():
     assert list(fig.layout.xaxis.ticktext) == tokens and list(fig.layout.yaxis.ticktext) == tokens
     assert "%{z:.4f}" in tr.hovertemplate
     assert tr.customdata[0][3][1] != tr.customdata[0][0][1]  # "the [3]" vs "the [0]"
-    np.testing.assert_allclose(np.array(tr.z), w.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(np.array(tr.z), w.numpy(), atol=5e-5)  # stored to 4 decimals
 
 
 def test_explorer_slider_and_dropdown_hold_every_variant():
