@@ -215,7 +215,7 @@ def _visit(laptop, phone, base, html, name):
     facts["phone_overflow"] = mobile.evaluate(
         "() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
     facts["phone_theme"] = mobile.evaluate("() => document.documentElement.dataset.theme")
-    mobile.screenshot(path=str(SHOTS / f"{stem}__phone-dark.png"), full_page=True)
+    mobile.screenshot(path=str(SHOTS / f"{stem}__phone-dark.png"))  # the first screen: cheap, and what a reader sees first
     mobile.close()
 
     own = [r for r in set(facts["requests"]) if not any(s in r for s in SHARED)]
