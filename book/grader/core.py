@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 import traceback
+import zlib
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any, Callable, Sequence
@@ -229,12 +230,19 @@ def _same_inputs(before: tuple, after: tuple) -> str | None:
     return None
 
 
+def _seed_for(case: Case) -> None:
+    """Same global RNG state for the learner's code and each catalogued mistake on one case, so
+    code that draws random numbers (e.g. weight initialisation) can be compared."""
+    torch.manual_seed(zlib.crc32(case.name.encode()))
+
+
 def _named_mistake(ex: Exercise, runs: list):
     """The first catalogued mistake whose output matches the learner's on every case that ran."""
     for m in ex.mistakes:
         matched = 0
         for case, got in runs:
             try:
+                _seed_for(case)
                 wrong = m.fn(*clone(case.args))
             except Exception:
                 break
@@ -251,6 +259,7 @@ def _other_runs(fn, ex: Exercise, cases: list) -> list:
     runs = []
     for case in cases:
         try:
+            _seed_for(case)
             runs.append((case, call_with_timeout(fn, clone(case.args), ex.time_limit)))
         except KeyboardInterrupt:
             raise
@@ -261,6 +270,12 @@ def _other_runs(fn, ex: Exercise, cases: list) -> list:
 
 # ----------------------------------------------------------------------------- the check itself
 def run_check(ex: Exercise, fn, seed: int = 0) -> Result:
+    """Grade ``fn``; the caller's random-number state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        return _run_check(ex, fn, seed)
+
+
+def _run_check(ex: Exercise, fn, seed: int = 0) -> Result:
     start = time.perf_counter()
 
     def fail(msg: str, mistake: str | None = None, n: int = 0) -> Result:
@@ -276,6 +291,7 @@ def run_check(ex: Exercise, fn, seed: int = 0) -> Result:
     for n, case in enumerate(cases, start=1):
         inputs = clone(case.args)
         try:
+            _seed_for(case)
             got = call_with_timeout(fn, inputs, ex.time_limit)
         except NotImplementedError:
             return fail("not implemented yet: replace the `raise NotImplementedError` with your code", n=n - 1)
