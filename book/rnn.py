@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from book.attention import softmax
-from book.foundations import progress_bar
+from book.training import History, train, warmup_cosine
 
 
 # ----------------------------------------------------------------------------- the three cells
@@ -178,35 +178,30 @@ class Seq2Seq(nn.Module):
         return torch.stack(logits, dim=1), (torch.stack(weights, dim=1) if self.cfg.attention else None)
 
 
-def train_seq2seq(model: Seq2Seq, steps: int = 300, batch_size: int = 64, lengths=(4, 20), lr: float = 1e-2,
-                  seed: int = 0, on_step: Callable[[int], None] | None = None, desc: str = "training") -> list[float]:
-    """Adam with a one-cycle learning rate; each batch has one random length in `lengths` (inclusive).
-
-    on_step(step) is called before each update (e.g. to measure gradients). Returns the losses.
-    """
-    if steps < 1 or lengths[0] < 1 or lengths[1] < lengths[0]:
-        raise ValueError(f"need steps >= 1 and 1 <= lengths[0] <= lengths[1], got {steps} and {lengths}")
-    device = next(model.parameters()).device
+def digit_batches(batch_size: int, lengths=(4, 20), seed: int = 0):
+    """An endless, seeded stream of reverse_digits batches, each of one random length in `lengths`."""
+    if lengths[0] < 1 or lengths[1] < lengths[0]:
+        raise ValueError(f"need 1 <= lengths[0] <= lengths[1], got {lengths}")
     gen = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    losses = []
-    bar = progress_bar(range(steps), desc=desc)
-    for step in bar:
-        if on_step is not None:
-            on_step(step)
+    while True:
         length = int(torch.randint(lengths[0], lengths[1] + 1, (1,), generator=gen))
-        src, tgt = reverse_digits(batch_size, length, gen, device)  # (B, T), (B, T)
-        logits, _ = model(src, tgt)  # (B, T, V), teacher forcing
-        loss = F.cross_entropy(logits.flatten(0, 1), tgt.flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # a safety net against exploding gradients
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return losses
+        yield reverse_digits(batch_size, length, gen)  # (B, T), (B, T) on the CPU
+
+
+def seq2seq_loss(model: Seq2Seq, batch):
+    """Cross-entropy of the digits written with teacher forcing."""
+    src, tgt = batch  # (B, T), (B, T)
+    logits, _ = model(src, tgt)  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1), tgt.flatten())
+
+
+def train_seq2seq(model: Seq2Seq, steps: int = 300, batch_size: int = 64, lengths=(4, 20), lr: float = 1e-2,
+                  seed: int = 0, on_step: Callable[[int, float], None] | None = None,
+                  desc: str = "training") -> History:
+    """The book's loop with Adam, a warm-up + cosine learning rate and gradient clipping at 1.0 (a
+    safety net against exploding gradients). on_step(step, loss) runs after each update."""
+    return train(model, digit_batches(batch_size, lengths, seed), seq2seq_loss, steps, lr=lr,
+                 schedule=warmup_cosine(steps, 0.1), clip=1.0, on_step=on_step, desc=desc)
 
 
 @torch.no_grad()

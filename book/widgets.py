@@ -19,7 +19,7 @@ import torch
 
 from book import viz
 from book.attention import causal_mask, scaled_dot_product_attention
-from book.data import tokenize, word_vectors
+from book.data.toy_words import tokenize, word_vectors
 from book.runtime import is_site_build
 
 DEFAULT_TEMPERATURES = (0.25, 0.5, 1.0, 2.0, 4.0)

@@ -1,4 +1,4 @@
-"""Chapter 01: book.foundations' maths equals PyTorch's, the graded exercises accept right answers,
+"""Chapter 01: book.maths' maths equals PyTorch's, the graded exercises accept right answers,
 reject and name every catalogued mistake, and the chapter's figure builders work."""
 import math
 import time
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from book import foundations as FD
+from book import maths as FD
 from book import viz
 from book.grader import ch01, check, exercises
 
@@ -21,7 +21,7 @@ REFERENCES = {
 }
 
 
-# ----------------------------------------------------------------------------- book.foundations
+# ----------------------------------------------------------------------------- book.maths
 def test_cosine_similarity_matrix_matches_torch_and_handles_zero_rows():
     x = torch.randn(2, 6, 5, dtype=torch.float64)
     want = F.cosine_similarity(x[..., :, None, :], x[..., None, :, :], dim=-1)  # (2, 6, 6)

@@ -1,6 +1,6 @@
 """Chapter 02: the graded exercises accept right answers (a Linear module equal to nn.Linear with
 copied weights, gradients equal to autograd's, a loop that reaches the stated loss), reject and name
-every catalogued mistake, and book.foundations' training helpers behave."""
+every catalogued mistake."""
 import math
 import time
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from book import foundations as FD
+from book import training
 from book.grader import ch02, check, exercises
 
 ALL = ch02.EXERCISES
@@ -218,7 +218,8 @@ ALTERNATIVES = [
     ("predict_dtypes", dtypes_by_running),
     ("predict_dtypes", lambda: (torch.long, torch.float, torch.float, torch.float, torch.double)),
     ("fit", _loop(optimizer="sgd", lr=0.1, steps=1500)),
-    ("fit", lambda m, x, y: FD.train(m, x, y, lambda p, t: F.mse_loss(p.squeeze(-1), t), steps=400, lr=2e-2)[-1]),
+    ("fit", lambda m, x, y: training.train(m, (x, y), lambda net, b: F.mse_loss(net(b[0]).squeeze(-1), b[1]), 400,
+                                           lr=2e-2).loss[-1]),
 ]
 
 
@@ -267,33 +268,3 @@ def test_prediction_feedback_names_the_expression_but_not_the_answer():
     r = check("02_pytorch_essentials/predict_dtypes",
               lambda: (torch.int64, torch.float32, torch.float16, torch.float32, torch.float64))
     assert not r.passed and "float16 + float32" in r.feedback and "torch.float" not in r.feedback
-
-
-# ----------------------------------------------------------------------------- book.foundations helpers
-def test_train_reduces_the_loss_and_calls_on_step():
-    torch.manual_seed(0)
-    model, x = nn.Linear(2, 1), torch.randn(32, 2)
-    y = x @ torch.tensor([1.0, -2.0]) + 0.5
-    seen = []
-    losses = FD.train(model, x, y, lambda p, t: F.mse_loss(p.squeeze(-1), t), steps=300, lr=0.05,
-                      on_step=lambda s, loss: seen.append(s))
-    assert len(losses) == 300 and losses[-1] < 1e-3 < losses[0]
-    assert seen == list(range(300))
-    with pytest.raises(ValueError):
-        FD.train(model, x, y, F.mse_loss, steps=0)
-    with pytest.raises(ValueError):
-        FD.train(model, x, y, F.mse_loss, lr=-1.0)
-
-
-def test_progress_bar_prints_its_final_state_once_on_the_site(monkeypatch, capsys):
-    monkeypatch.setenv("BOOK_SITE_BUILD", "1")
-    bar = FD.progress_bar(range(50), desc="demo")
-    for _ in bar:
-        bar.set_postfix(loss="0.1")
-    bar.close()
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and out[0].startswith("demo: 100%") and "50/50" in out[0] and "loss=0.1" in out[0]
-    assert "#" not in out[0]  # the unicode bar, as in a notebook
-    monkeypatch.delenv("BOOK_SITE_BUILD")
-    live = FD.progress_bar(range(3), disable=True)
-    assert not isinstance(live, FD._SiteBar)

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from book.dates import FORMATS, CharVocab, encode_pairs, examples, render, split_dates, target_text, training_batches
+from book.data.dates import FORMATS, CharVocab, encode_pairs, examples, render, split_dates, target_text, training_batches
 from book.decoding import beam_search, greedy_decode
 from book.grader import ch08, check
 from book.layers import copy_from_torch, decoder_self_mask, key_padding_mask
-from book.training import label_smoothing_loss, lr_at, noam_lr, train
+from book.training import label_smoothing_loss, lr_at, noam_lr, teacher_forcing_loss, train, transformer_adam
 from book.transformer import Transformer, TransformerConfig, attention_maps, load_checkpoint, save_checkpoint
 
 warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors")
@@ -80,8 +80,9 @@ def test_a_short_training_run_learns_and_decodes():
     vocab, split = CharVocab(), split_dates()
     cfg = TransformerConfig(len(vocab), len(vocab), d_model=32, num_heads=2, d_ff=64, pad_id=vocab.PAD)
     model = Transformer(cfg)
-    hist = train(model, training_batches(split.train, "iso", vocab, 32, seed=0), 150, pad_id=vocab.PAD,
-                 warmup=50, lr_scale=1.0, cooldown=0.3)
+    hist = train(model, training_batches(split.train, "iso", vocab, 32, seed=0),
+                 lambda m, batch: teacher_forcing_loss(m, *batch, vocab.PAD, smoothing=0.1), 150,
+                 optimizer=transformer_adam(model), schedule=lambda step: lr_at(step, 150, 32, 50, 1.0, 0.3), clip=1.0)
     assert hist.loss[-1] < hist.loss[0] * 0.6
     pairs = examples(split.test[:50], "iso", seed=0)
     src, _ = encode_pairs(pairs, vocab)

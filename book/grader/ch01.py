@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from book.attention import softmax
-from book.foundations import cosine_similarity_matrix, kl_divergence, log_softmax
+from book.maths import cosine_similarity_matrix, kl_divergence, log_softmax
 from book.grader.core import Case, Exercise, Mistake
 
 CHAPTER = "01_linear_algebra"

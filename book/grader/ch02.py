@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from book.attention import softmax
-from book.foundations import cross_entropy
+from book.maths import cross_entropy
 from book.grader.core import Case, Exercise, Mistake
 
 CHAPTER = "02_pytorch_essentials"

@@ -1,4 +1,4 @@
-"""Small, generated data sets: nothing is downloaded, everything is seeded.
+"""Toy word vectors: small, generated embeddings — nothing is downloaded, everything is seeded.
 
 ``word_vectors`` gives toy word embeddings with a meaning you can read off: each known word is a
 mix of a few hand-named features (animal, food, place, ...) plus a little seeded noise, so "cat" is
