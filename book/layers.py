@@ -8,8 +8,9 @@
 * ``TokenEmbedding`` (×√d_model) and ``tie_weights`` for the output projection.
 * Masks in the convention of chapter 04 (bool, True = may attend): ``key_padding_mask``,
   ``decoder_self_mask``, ``make_masks``; ``torch_attn_mask`` converts to PyTorch's convention.
-* ``from_torch_state_dict`` / ``copy_from_torch``: load the weights of ``nn.TransformerEncoderLayer``,
-  ``nn.TransformerDecoderLayer`` or a whole ``nn.Transformer`` into modules built from these layers.
+Parameter names line up with PyTorch's after ``book.convert.TORCH``'s renaming, so
+``book.convert.copy_from_torch`` loads ``nn.TransformerEncoderLayer``, ``nn.TransformerDecoderLayer``
+or a whole ``nn.Transformer`` into modules built from these layers.
 
 Linear maps follow ``torch.nn.functional.linear``: y = x Wᵀ + b, with W of shape (out, in).
 """
@@ -225,33 +226,3 @@ def torch_attn_mask(mask, batch: int, num_heads: int, t_q: int, t_k: int):
     nn.MultiheadAttention / nn.Transformer*: (B·h, T_q, T_k) bool with True = blocked."""
     full = torch.broadcast_to(mask, (batch, num_heads, t_q, t_k))  # (B, h, T_q, T_k)
     return ~full.reshape(batch * num_heads, t_q, t_k)  # (B·h, T_q, T_k)
-
-
-# ----------------------------------------------------------------------------- weights from torch.nn
-_RENAMED = {"multihead_attn": "cross_attn", "out_proj": "w_o", "linear1": "ffn.linear1", "linear2": "ffn.linear2"}
-
-
-def from_torch_state_dict(state: dict) -> dict:
-    """Rename (and split) a state dict of nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
-    nn.TransformerEncoder/Decoder or nn.Transformer into this module's parameter names.
-
-    in_proj_weight (3·d_model, d_model) -> w_q.weight, w_k.weight, w_v.weight (d_model, d_model) each;
-    out_proj -> w_o; multihead_attn -> cross_attn; linear1/linear2 -> ffn.linear1/ffn.linear2.
-    """
-    out = {}
-    for name, tensor in state.items():
-        parts = [_RENAMED.get(p, p) for p in name.split(".")]
-        prefix, leaf = ".".join(parts[:-1]), parts[-1]
-        if leaf in ("in_proj_weight", "in_proj_bias"):
-            kind = "weight" if leaf.endswith("weight") else "bias"
-            for proj, chunk in zip(("w_q", "w_k", "w_v"), tensor.chunk(3, dim=0)):
-                out[f"{prefix}.{proj}.{kind}".lstrip(".")] = chunk
-        else:
-            out[".".join(parts)] = tensor
-    return out
-
-
-def copy_from_torch(mine: nn.Module, theirs: nn.Module, strict: bool = True) -> nn.Module:
-    """Load the weights of a torch.nn Transformer module into the book's equivalent; returns ``mine``."""
-    mine.load_state_dict(from_torch_state_dict(theirs.state_dict()), strict=strict)
-    return mine

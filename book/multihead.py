@@ -3,7 +3,8 @@
 Linear maps follow ``torch.nn.functional.linear``: y = x Wᵀ + b, with W of shape (out, in).
 The mask convention is chapter 04's: bool, True = may attend, broadcastable to (B, h, T_q, T_k).
 Every function and the class below are shown, line for line, in
-``chapters/05_multi_head_attention.ipynb``; tests check that the two copies agree.
+``chapters/05_multi_head_attention.ipynb``; tests check that the two copies agree. Weights of
+PyTorch's ``nn.MultiheadAttention`` load with ``book.convert.copy_from_torch``.
 """
 from __future__ import annotations
 
@@ -76,23 +77,3 @@ class MultiHeadAttention(nn.Module):
             self.w_v.weight, self.w_v.bias, self.w_o.weight, self.w_o.bias,
             self.num_heads, mask,
         )
-
-
-def load_torch_mha(module: MultiHeadAttention, ref: nn.MultiheadAttention):
-    """Copy the weights of PyTorch's nn.MultiheadAttention into our module; return it."""
-    theirs = (ref.embed_dim, ref.num_heads, ref.in_proj_bias is None)
-    mine = (module.w_q.in_features, module.num_heads, module.w_q.bias is None)
-    if theirs != mine or not ref._qkv_same_embed_dim:
-        raise ValueError(f"(d_model, num_heads, no bias) differ: {mine} vs {theirs}"
-                         " (or PyTorch's kdim/vdim is not d_model)")
-    layers = (module.w_q, module.w_k, module.w_v)
-    with torch.no_grad():
-        # in_proj_weight, (3·d_model, d_model), holds W_Q, W_K, W_V stacked on rows
-        for layer, w in zip(layers, ref.in_proj_weight.chunk(3)):
-            layer.weight.copy_(w)
-        module.w_o.weight.copy_(ref.out_proj.weight)
-        if ref.in_proj_bias is not None:
-            for layer, b in zip(layers, ref.in_proj_bias.chunk(3)):
-                layer.bias.copy_(b)
-            module.w_o.bias.copy_(ref.out_proj.bias)
-    return module

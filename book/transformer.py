@@ -3,7 +3,7 @@
 Nothing here is new machinery: the layers come from ``book.layers`` (ch. 07), attention from
 ``book.multihead`` / ``book.attention`` (ch. 04–05), positions from ``book.positional`` (ch. 06).
 Parameter names (``encoder.layers.0.self_attn.w_q`` ...) line up with ``torch.nn.Transformer``, so
-``book.layers.copy_from_torch`` loads its weights into ``model.encoder`` and ``model.decoder``.
+``book.convert.copy_from_torch`` loads its weights into ``model.encoder`` and ``model.decoder``.
 """
 from __future__ import annotations
 

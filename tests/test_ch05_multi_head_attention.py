@@ -12,6 +12,7 @@ from torch import nn
 
 from book import multihead as M
 from book.attention import causal_mask, padding_mask, scaled_dot_product_attention
+from book.convert import copy_from_torch, copy_to_torch
 from book.grader import ch05, check
 
 from conftest import ROOT
@@ -76,12 +77,10 @@ def mha_torch_kernel(q_in, kv_in, w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o, num_he
 def mha_via_torch_module(q_in, kv_in, w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o, num_heads, mask=None):
     d = q_in.shape[-1]
     ref = nn.MultiheadAttention(d, num_heads, bias=b_q is not None, batch_first=True)
-    with torch.no_grad():
-        ref.in_proj_weight.copy_(torch.cat([w_q, w_k, w_v]))
-        ref.out_proj.weight.copy_(w_o)
-        if b_q is not None:
-            ref.in_proj_bias.copy_(torch.cat([b_q, b_k, b_v]))
-            ref.out_proj.bias.copy_(b_o)
+    ours = {"w_q.weight": w_q, "w_k.weight": w_k, "w_v.weight": w_v, "w_o.weight": w_o}
+    if b_q is not None:
+        ours.update({"w_q.bias": b_q, "w_k.bias": b_k, "w_v.bias": b_v, "w_o.bias": b_o})
+    copy_to_torch(ref, ours)
     B, T_q, T_k = q_in.shape[0], q_in.shape[1], kv_in.shape[1]
     attn_mask = None
     if mask is not None:  # torch wants (B·h, T_q, T_k), True = blocked
@@ -160,7 +159,7 @@ def test_module_equals_torch_multihead_attention(bias):
     torch.manual_seed(0)
     d, h = 24, 4
     ref = nn.MultiheadAttention(d, h, bias=bias, batch_first=True).eval()
-    ours = M.load_torch_mha(M.MultiHeadAttention(d, h, bias=bias), ref).eval()
+    ours = copy_from_torch(M.MultiHeadAttention(d, h, bias=bias), ref).eval()
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
     xq, xkv = torch.randn(3, 7, d), torch.randn(3, 9, d)
     lengths = torch.tensor([9, 4, 1])
@@ -179,11 +178,11 @@ def test_module_equals_torch_multihead_attention(bias):
         torch.testing.assert_close(w, w_ref, atol=1e-5, rtol=1e-4)
 
 
-def test_load_torch_mha_refuses_mismatched_modules():
+def test_copy_from_torch_refuses_mismatched_modules():
     with pytest.raises(ValueError):
-        M.load_torch_mha(M.MultiHeadAttention(16, 4), nn.MultiheadAttention(16, 2))
+        copy_from_torch(M.MultiHeadAttention(16, 4), nn.MultiheadAttention(16, 2))
     with pytest.raises(ValueError):
-        M.load_torch_mha(M.MultiHeadAttention(16, 4, bias=False), nn.MultiheadAttention(16, 4))
+        copy_from_torch(M.MultiHeadAttention(16, 4, bias=False), nn.MultiheadAttention(16, 4))
 
 
 def test_heads_are_slices_of_the_big_projections():

@@ -14,6 +14,7 @@ from torch import nn
 from book import layers as L
 from book import viz
 from book.attention import causal_mask
+from book.convert import TORCH, copy_from_torch, to_book
 from book.grader import ch07, check
 from book.multihead import multi_head_attention
 
@@ -46,7 +47,7 @@ def test_encoder_layer_equals_torch(norm_first):
     torch.manual_seed(0)
     B, T, d, h, d_ff = 3, 6, 16, 4, 40
     theirs = _randomise(nn.TransformerEncoderLayer(d, h, d_ff, dropout=0.0, batch_first=True, norm_first=norm_first))
-    mine = L.copy_from_torch(L.EncoderLayer(d, h, d_ff, norm_first=norm_first), theirs)
+    mine = copy_from_torch(L.EncoderLayer(d, h, d_ff, norm_first=norm_first), theirs)
     x = torch.randn(B, T, d)
     mask = L.key_padding_mask(_padded(B, T, [6, 3, 1]))
     with torch.no_grad():
@@ -61,7 +62,7 @@ def test_decoder_layer_equals_torch(norm_first):
     torch.manual_seed(0)
     B, T, S, d, h, d_ff = 2, 5, 7, 16, 2, 24
     theirs = _randomise(nn.TransformerDecoderLayer(d, h, d_ff, dropout=0.0, batch_first=True, norm_first=norm_first))
-    mine = L.copy_from_torch(L.DecoderLayer(d, h, d_ff, norm_first=norm_first), theirs)
+    mine = copy_from_torch(L.DecoderLayer(d, h, d_ff, norm_first=norm_first), theirs)
     y, memory = torch.randn(B, T, d), torch.randn(B, S, d)
     self_mask, cross_mask = L.decoder_self_mask(_padded(B, T, [5, 2])), L.key_padding_mask(_padded(B, S, [4, 7]))
     with torch.no_grad():
@@ -100,7 +101,7 @@ def test_whole_nn_transformer_loads_by_state_dict_renaming(norm_first):
     B, S, T, d, h, d_ff, n = 2, 6, 5, 16, 4, 32, 2
     theirs = nn.Transformer(d, h, n, n, d_ff, dropout=0.0, batch_first=True, norm_first=norm_first)
     _randomise(theirs, 0.2)
-    mine = L.copy_from_torch(_BookTransformer(d, h, d_ff, n, norm_first), theirs)  # strict: every name matches
+    mine = copy_from_torch(_BookTransformer(d, h, d_ff, n, norm_first), theirs)  # strict: every name matches
     src, tgt = torch.randn(B, S, d), torch.randn(B, T, d)
     src_real, tgt_real = _padded(B, S, [6, 4]), _padded(B, T, [5, 3])
     masks = (L.key_padding_mask(src_real), L.decoder_self_mask(tgt_real), L.key_padding_mask(src_real))
@@ -113,7 +114,7 @@ def test_whole_nn_transformer_loads_by_state_dict_renaming(norm_first):
 
 
 def test_state_dict_renaming():
-    sd = L.from_torch_state_dict(nn.TransformerDecoderLayer(8, 2, 16, batch_first=True).state_dict())
+    sd = to_book(nn.TransformerDecoderLayer(8, 2, 16, batch_first=True).state_dict(), TORCH)
     assert set(sd) == set(L.DecoderLayer(8, 2, 16).state_dict())
     assert sd["cross_attn.w_k.weight"].shape == (8, 8) and sd["ffn.linear1.weight"].shape == (16, 8)
 
@@ -192,7 +193,7 @@ def _chapter_classes():
 
 def test_chapter_classes_are_identical_to_book_layers():
     shown = _chapter_classes()
-    assert {"TokenEmbedding", "LayerNorm", "FeedForward", "EncoderLayer", "DecoderLayer", "_RENAMED"} <= set(shown)
+    assert {"TokenEmbedding", "LayerNorm", "FeedForward", "EncoderLayer", "DecoderLayer"} <= set(shown)
     module_source = inspect.getsource(L)
     for name, source in shown.items():
         if name.startswith("_"):
@@ -262,20 +263,7 @@ def test_catalogued_mistake_is_rejected_and_named(ex, mistake):
 # ----------------------------------------------------------------------------- alternatives that must pass
 def _load(layer, p):
     """Put an exercise parameter dict into a book layer."""
-    with torch.no_grad():
-        for name in ("self_attn", "cross_attn"):
-            if name in p:
-                for n in "qkvo":
-                    getattr(getattr(layer, name), f"w_{n}").weight.copy_(p[name][f"w_{n}"])
-                    getattr(getattr(layer, name), f"w_{n}").bias.copy_(p[name][f"b_{n}"])
-        layer.ffn.linear1.weight.copy_(p["ffn"]["w1"])
-        layer.ffn.linear1.bias.copy_(p["ffn"]["b1"])
-        layer.ffn.linear2.weight.copy_(p["ffn"]["w2"])
-        layer.ffn.linear2.bias.copy_(p["ffn"]["b2"])
-        for i in (1, 2, 3):
-            if f"norm{i}" in p:
-                getattr(layer, f"norm{i}").weight.copy_(p[f"norm{i}"]["gamma"])
-                getattr(layer, f"norm{i}").bias.copy_(p[f"norm{i}"]["beta"])
+    layer.load_state_dict(ch07.book_state(p))
     return layer
 
 

@@ -11,7 +11,8 @@ from torch import nn
 from book.data.dates import FORMATS, CharVocab, encode_pairs, examples, render, split_dates, target_text, training_batches
 from book.decoding import beam_search, greedy_decode
 from book.grader import ch08, check
-from book.layers import copy_from_torch, decoder_self_mask, key_padding_mask
+from book.convert import copy_from_torch
+from book.layers import decoder_self_mask, key_padding_mask
 from book.training import label_smoothing_loss, lr_at, noam_lr, teacher_forcing_loss, train, transformer_adam
 from book.transformer import Transformer, TransformerConfig, attention_maps, load_checkpoint, save_checkpoint
 

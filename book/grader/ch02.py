@@ -7,7 +7,6 @@ mistake matching can name them.
 """
 from __future__ import annotations
 
-import copy
 import math
 import weakref
 
@@ -16,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from book import convert
 from book.attention import softmax
 from book.maths import cross_entropy
 from book.grader.core import Case, Exercise, Mistake
@@ -67,13 +67,6 @@ def _test_inputs(n_in):
     return [torch.randn(5, n_in, generator=g), torch.randn(2, 3, n_in, generator=g)]
 
 
-def _with_copied_weights(module, ref):
-    """A deep copy of the learner's module holding nn.Linear's weights (the original stays untouched)."""
-    twin = copy.deepcopy(module)
-    twin.load_state_dict(ref.state_dict())
-    return twin
-
-
 def _judge_linear(module, n_in, n_out, bias):
     if not isinstance(module, nn.Module):
         return f"Linear(...) gave a {type(module).__name__}; subclass nn.Module and call super().__init__() first"
@@ -96,7 +89,7 @@ def _judge_linear(module, n_in, n_out, bias):
         return "the initial weights are (nearly) all equal: draw them at random so the units can differ"
     ref = _torch_linear(n_in, n_out, bias)
     try:
-        twin = _with_copied_weights(module, ref)
+        twin = convert.copied(module, ref.state_dict())
     except Exception as e:
         return f"nn.Linear's state_dict could not be loaded into your module ({type(e).__name__})"
     for x in _test_inputs(n_in):
@@ -123,7 +116,7 @@ def _judge_linear(module, n_in, n_out, bias):
 def _forward_matches(module, n_in, n_out, bias, formula):
     """True if the learner's forward, with nn.Linear's weights copied in, computes ``formula(x, W, b)``."""
     ref = _torch_linear(n_in, n_out, bias)
-    twin = _with_copied_weights(module, ref)
+    twin = convert.copied(module, ref.state_dict())
     with torch.no_grad():
         return all(torch.allclose(twin(x), formula(x, ref.weight, ref.bias), atol=1e-5, rtol=1e-4)
                    for x in _test_inputs(n_in))

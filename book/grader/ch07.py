@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from book import convert
 from book.attention import causal_mask
 from book.grader.core import Case, Exercise, Mistake
 from book.layers import DecoderLayer, decoder_self_mask, key_padding_mask, layer_norm, position_wise_ffn, torch_attn_mask
@@ -170,25 +171,18 @@ def layer_params(g, d, d_ff, decoder=False):
     return p
 
 
-def _load_attention(mha: nn.MultiheadAttention, p):
-    with torch.no_grad():
-        mha.in_proj_weight.copy_(torch.cat([p["w_q"], p["w_k"], p["w_v"]]))
-        mha.in_proj_bias.copy_(torch.cat([p["b_q"], p["b_k"], p["b_v"]]))
-        mha.out_proj.weight.copy_(p["w_o"])
-        mha.out_proj.bias.copy_(p["b_o"])
+# the exercise's parameter names -> the book's module names (self_attn.w_q -> self_attn.w_q.weight, ...)
+EXERCISE_NAMES = convert.NameMap(renames=tuple(
+    [(f"{w}_{n}", f"w_{n}.{kind}") for n in "qkvo" for w, kind in (("w", "weight"), ("b", "bias"))]
+    + [(f"{w}{i}", f"linear{i}.{kind}") for i in (1, 2) for w, kind in (("w", "weight"), ("b", "bias"))]
+    + [("gamma", "weight"), ("beta", "bias")]))
 
 
-def _load_common(layer, p):
-    with torch.no_grad():
-        layer.linear1.weight.copy_(p["ffn"]["w1"])
-        layer.linear1.bias.copy_(p["ffn"]["b1"])
-        layer.linear2.weight.copy_(p["ffn"]["w2"])
-        layer.linear2.bias.copy_(p["ffn"]["b2"])
-        for i in (1, 2, 3):
-            if f"norm{i}" in p:
-                getattr(layer, f"norm{i}").weight.copy_(p[f"norm{i}"]["gamma"])
-                getattr(layer, f"norm{i}").bias.copy_(p[f"norm{i}"]["beta"])
-    _load_attention(layer.self_attn, p["self_attn"])
+def book_state(params) -> dict:
+    """An exercise parameter dict ({"self_attn": {"w_q": ...}, "ffn": {...}, "norm1": {...}}) as the
+    state dict of a book EncoderLayer/DecoderLayer."""
+    flat = {f"{group}.{name}": t for group, d in params.items() for name, t in d.items()}
+    return convert.to_book(flat, EXERCISE_NAMES)
 
 
 def torch_encoder_layer(x, params, num_heads, mask=None, norm_first=False):
@@ -196,7 +190,7 @@ def torch_encoder_layer(x, params, num_heads, mask=None, norm_first=False):
     B, T, d = x.shape
     layer = nn.TransformerEncoderLayer(d, num_heads, params["ffn"]["w1"].shape[0], dropout=0.0,
                                        batch_first=True, norm_first=norm_first)
-    _load_common(layer, params)
+    convert.copy_to_torch(layer, book_state(params))
     src_mask = None if mask is None else torch_attn_mask(mask, B, num_heads, T, T)  # (B·h, T, T), True = blocked
     with torch.no_grad():
         return layer(x, src_mask=src_mask)
@@ -208,8 +202,7 @@ def torch_decoder_layer(x, memory, params, num_heads, self_mask=None, cross_mask
     S = memory.shape[1]
     layer = nn.TransformerDecoderLayer(d, num_heads, params["ffn"]["w1"].shape[0], dropout=0.0,
                                        batch_first=True, norm_first=norm_first)
-    _load_common(layer, params)
-    _load_attention(layer.multihead_attn, params["cross_attn"])
+    convert.copy_to_torch(layer, book_state(params))
     tgt_mask = None if self_mask is None else torch_attn_mask(self_mask, B, num_heads, T, T)
     memory_mask = None if cross_mask is None else torch_attn_mask(cross_mask, B, num_heads, T, S)
     with torch.no_grad():
