@@ -18,17 +18,23 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return e / e.sum(dim=dim, keepdim=True)
 
 
-def scaled_dot_product_attention(q, k, v, mask=None):
-    """softmax(q kᵀ / √d_k) v, with an optional boolean mask (True = may attend).
+def scaled_dot_product_attention(q, k, v, mask=None, bias=None):
+    """softmax(q kᵀ / √d_k + bias) v, with an optional boolean mask (True = may attend).
 
     q: (..., T_q, d_k)   k: (..., T_k, d_k)   v: (..., T_k, d_v)
-    returns output (..., T_q, d_v) and weights (..., T_q, T_k)
+    bias: optional scores added before the softmax, broadcastable to (..., T_q, T_k)
+    returns output (..., T_q, d_v) and weights (..., T_q, T_k). A query whose mask allows no key at
+    all gets weights 0 and output 0 (as torch's F.scaled_dot_product_attention), not NaN.
     """
     d_k = q.size(-1)
     scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (..., T_q, T_k)
+    if bias is not None:
+        scores = scores + bias  # e.g. ALiBi's distance penalty (chapter 06)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))  # forbidden keys get weight exactly 0
     weights = softmax(scores, dim=-1)  # (..., T_q, T_k), each row sums to 1
+    if mask is not None:
+        weights = weights.masked_fill(~mask, 0.0)  # a row with no allowed key: 0, not 0 / 0 = NaN
     return weights @ v, weights  # (..., T_q, d_v), (..., T_q, T_k)
 
 

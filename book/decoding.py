@@ -10,17 +10,22 @@ import torch
 
 
 @torch.no_grad()
-def greedy_decode(model, src, max_len: int, bos: int, eos: int):
+def greedy_decode(model, src, max_len: int, bos: int, eos: int, use_cache: bool = True):
     """Pick the most likely next token, max_len times or until every row has produced <eos>.
 
     src (B, S) -> (B, L) token ids starting with <bos>, L <= max_len + 1; a row that has finished is
-    padded with <eos>.
+    padded with <eos>. With ``use_cache`` (and a model that has ``new_cache()``), each step feeds
+    only the newest token and reuses the keys and values of the others: the same tokens, less work.
     """
     memory = model.encode(src)
+    cache = model.new_cache() if use_cache and hasattr(model, "new_cache") else None
     ys = torch.full((src.size(0), 1), bos, dtype=torch.long, device=src.device)  # (B, 1)
     done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
     for _ in range(max_len):
-        logits = model.decode(ys, memory)[:, -1]  # (B, V): only the last position predicts the next token
+        if cache is None:
+            logits = model.decode(ys, memory)[:, -1]  # (B, V): the whole prefix again, keep the last
+        else:
+            logits = model.decode(ys[:, -1:], memory, cache)[:, -1]  # (B, V): only the newest token
         next_token = torch.where(done, eos, logits.argmax(dim=-1))  # (B,)
         ys = torch.cat([ys, next_token[:, None]], dim=1)  # (B, t + 1)
         done |= next_token == eos

@@ -5,9 +5,14 @@
   with a LayerNorm, post-LN (``norm_first=False``, the 2017 paper) or pre-LN (``norm_first=True``).
   Each keeps the attention weights of its last forward pass (``self_attn_weights``,
   ``cross_attn_weights``) so they can be drawn.
+* ``LayerOptions``: what later model families change — the FFN's activation (ReLU, GELU, SwiGLU:
+  ``GatedFeedForward``), the norm (``LayerNorm`` or ``RMSNorm``) and its eps, biases, grouped-query
+  attention; a ``rotary`` hook (``book.positional.RotaryEmbedding``), an additive ``score_bias`` and
+  a ``KVCache`` pass through the layers to ``MultiHeadAttention``.
 * ``TokenEmbedding`` (×√d_model) and ``tie_weights`` for the output projection.
 * Masks in the convention of chapter 04 (bool, True = may attend): ``key_padding_mask``,
   ``decoder_self_mask``, ``make_masks``; ``torch_attn_mask`` converts to PyTorch's convention.
+
 Parameter names line up with PyTorch's after ``book.convert.TORCH``'s renaming, so
 ``book.convert.copy_from_torch`` loads ``nn.TransformerEncoderLayer``, ``nn.TransformerDecoderLayer``
 or a whole ``nn.Transformer`` into modules built from these layers.
@@ -17,6 +22,8 @@ Linear maps follow ``torch.nn.functional.linear``: y = x Wᵀ + b, with W of sha
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +33,37 @@ from book.attention import causal_mask
 from book.multihead import MultiHeadAttention
 
 
-# ----------------------------------------------------------------------------- LayerNorm
+# ----------------------------------------------------------------------------- what differs between model families
+ACTIVATIONS = {"relu": torch.relu, "gelu": F.gelu, "gelu_tanh": partial(F.gelu, approximate="tanh")}
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """The choices that differ between Transformer families; the defaults are the 2017 paper's.
+
+    activation: the FFN's non-linearity — "relu", "gelu" (exact), "gelu_tanh" (its tanh
+    approximation, GPT-2) or "swiglu" (a gated FFN with three matrices, LLaMA);
+    norm: "layer" (LayerNorm) or "rms" (RMSNorm), with ``norm_eps`` inside the square root;
+    bias: biases in the attention projections and the FFN;
+    n_kv_heads: fewer key/value heads than query heads (grouped-query attention); None = num_heads.
+    """
+
+    activation: str = "relu"
+    norm: str = "layer"
+    norm_eps: float = 1e-5
+    bias: bool = True
+    n_kv_heads: int | None = None
+
+    def __post_init__(self):
+        if self.activation not in (*ACTIVATIONS, "swiglu"):
+            raise ValueError(f"activation must be one of {[*ACTIVATIONS, 'swiglu']}, got {self.activation!r}")
+        if self.norm not in ("layer", "rms"):
+            raise ValueError(f"norm must be 'layer' or 'rms', got {self.norm!r}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
+
+
+# ----------------------------------------------------------------------------- LayerNorm and RMSNorm
 def layer_norm(x, gamma, beta, eps=1e-5):
     """Normalise each vector over its last dimension to mean 0, variance 1, then scale and shift.
 
@@ -54,6 +91,26 @@ class LayerNorm(nn.Module):
         return layer_norm(x, self.weight, self.bias, self.eps)  # (..., d_model)
 
 
+class RMSNorm(nn.Module):
+    """x / √(mean(x²) + eps) · weight: LayerNorm without the mean and the shift (T5, LLaMA).
+
+    Equal to torch.nn.RMSNorm(d_model, eps=eps).
+    """
+
+    def __init__(self, d_model: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))
+
+    def forward(self, x):
+        rms = torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1)
+        return x / rms * self.weight  # (..., d_model)
+
+
+def make_norm(d_model: int, options: LayerOptions) -> nn.Module:
+    return (LayerNorm if options.norm == "layer" else RMSNorm)(d_model, eps=options.norm_eps)
+
+
 # ----------------------------------------------------------------------------- position-wise feed-forward network
 def position_wise_ffn(x, w1, b1, w2, b2):
     """FFN(x) = max(0, x W1ᵀ + b1) W2ᵀ + b2, applied to every position on its own.
@@ -65,17 +122,41 @@ def position_wise_ffn(x, w1, b1, w2, b2):
 
 
 class FeedForward(nn.Module):
-    """position_wise_ffn as a module (names as in nn.TransformerEncoderLayer: linear1, linear2)."""
+    """position_wise_ffn as a module (names as in nn.TransformerEncoderLayer: linear1, linear2),
+    with ReLU or another activation of ``ACTIVATIONS``."""
 
-    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0):
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "relu", bias: bool = True):
         super().__init__()
-        self.linear1 = nn.Linear(d_model, d_ff)  # weight (d_ff, d_model)
-        self.linear2 = nn.Linear(d_ff, d_model)  # weight (d_model, d_ff)
+        self.activation = ACTIVATIONS[activation]
+        self.linear1 = nn.Linear(d_model, d_ff, bias=bias)  # weight (d_ff, d_model)
+        self.linear2 = nn.Linear(d_ff, d_model, bias=bias)  # weight (d_model, d_ff)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        hidden = self.dropout(torch.relu(self.linear1(x)))  # (..., d_ff)
+        hidden = self.dropout(self.activation(self.linear1(x)))  # (..., d_ff)
         return self.linear2(hidden)  # (..., d_model)
+
+
+class GatedFeedForward(nn.Module):
+    """SwiGLU (Shazeer 2020; LLaMA): linear2(silu(gate(x)) ⊙ linear1(x)) — three matrices, the gate
+    decides feature by feature how much of linear1's output passes."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        self.gate = nn.Linear(d_model, d_ff, bias=bias)  # weight (d_ff, d_model)
+        self.linear1 = nn.Linear(d_model, d_ff, bias=bias)  # weight (d_ff, d_model)
+        self.linear2 = nn.Linear(d_ff, d_model, bias=bias)  # weight (d_model, d_ff)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        hidden = self.dropout(F.silu(self.gate(x)) * self.linear1(x))  # (..., d_ff)
+        return self.linear2(hidden)  # (..., d_model)
+
+
+def make_ffn(d_model: int, d_ff: int, dropout: float, options: LayerOptions) -> nn.Module:
+    if options.activation == "swiglu":
+        return GatedFeedForward(d_model, d_ff, dropout, options.bias)
+    return FeedForward(d_model, d_ff, dropout, options.activation, options.bias)
 
 
 # ----------------------------------------------------------------------------- encoder and decoder layers
@@ -92,30 +173,36 @@ class EncoderLayer(nn.Module):
 
     post-LN (norm_first=False, the 2017 paper, torch's default):  x = LN(x + Sublayer(x))
     pre-LN  (norm_first=True):                                    x = x + Sublayer(LN(x))
+    ``options`` picks activation, norm, biases and key/value heads; ``rotary`` a RotaryEmbedding.
+    With a causal mask this is also the block of a decoder-only model (GPT, LLaMA).
     """
 
-    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.0, norm_first: bool = False):
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.0, norm_first: bool = False,
+                 options: LayerOptions = LayerOptions(), rotary: nn.Module | None = None):
         super().__init__()
         _check_layer_args(d_model, num_heads, d_ff, dropout)
-        self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, num_heads)
-        self.ffn = FeedForward(d_model, d_ff, dropout)
-        self.norm1, self.norm2 = LayerNorm(d_model), LayerNorm(d_model)
+        self.norm_first, self.rotary = norm_first, rotary
+        self.self_attn = MultiHeadAttention(d_model, num_heads, options.bias, options.n_kv_heads)
+        self.ffn = make_ffn(d_model, d_ff, dropout, options)
+        self.norm1, self.norm2 = make_norm(d_model, options), make_norm(d_model, options)
         self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
         self.self_attn_weights = None  # (B, h, T, T) of the last forward pass, for pictures
 
-    def forward(self, x, mask=None):
-        """x: (B, T, d_model); mask: bool, True = may attend, broadcastable to (B, h, T, T)."""
+    def forward(self, x, mask=None, *, score_bias=None, cache=None):
+        """x: (B, T, d_model); mask: bool, True = may attend, broadcastable to (B, h, T, T).
+
+        score_bias: added to the attention scores (ALiBi, T5); cache: a KVCache (decoding).
+        """
         if self.norm_first:  # pre-LN
-            x = x + self._self_attention(self.norm1(x), mask)  # (B, T, d_model)
+            x = x + self._self_attention(self.norm1(x), mask, score_bias, cache)  # (B, T, d_model)
             return x + self.dropout2(self.ffn(self.norm2(x)))  # (B, T, d_model)
-        x = self.norm1(x + self._self_attention(x, mask))  # post-LN, (B, T, d_model)
+        x = self.norm1(x + self._self_attention(x, mask, score_bias, cache))  # post-LN, (B, T, d_model)
         return self.norm2(x + self.dropout2(self.ffn(x)))  # (B, T, d_model)
 
-    def _self_attention(self, x, mask):
-        out, weights = self.self_attn(x, x, mask)  # (B, T, d_model), (B, h, T, T)
-        self.self_attn_weights = weights.detach()
-        return self.dropout1(out)
+    def _self_attention(self, x, mask, score_bias=None, cache=None):
+        out, weights = self.self_attn(x, x, mask, score_bias=score_bias, rotary=self.rotary, cache=cache)
+        self.self_attn_weights = weights.detach()  # (B, h, T, T)
+        return self.dropout1(out)  # (B, T, d_model)
 
 
 class DecoderLayer(nn.Module):
@@ -123,39 +210,41 @@ class DecoderLayer(nn.Module):
 
     Each of the three sublayers sits inside a residual connection with a LayerNorm (post-LN or
     pre-LN, as in EncoderLayer). Cross-attention: queries from the decoder, keys and values from
-    the memory.
+    the memory. ``options`` and ``rotary`` as in EncoderLayer (rotary turns self-attention only).
     """
 
-    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.0, norm_first: bool = False):
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.0, norm_first: bool = False,
+                 options: LayerOptions = LayerOptions(), rotary: nn.Module | None = None):
         super().__init__()
         _check_layer_args(d_model, num_heads, d_ff, dropout)
-        self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, num_heads)
-        self.cross_attn = MultiHeadAttention(d_model, num_heads)
-        self.ffn = FeedForward(d_model, d_ff, dropout)
-        self.norm1, self.norm2, self.norm3 = LayerNorm(d_model), LayerNorm(d_model), LayerNorm(d_model)
+        self.norm_first, self.rotary = norm_first, rotary
+        self.self_attn = MultiHeadAttention(d_model, num_heads, options.bias, options.n_kv_heads)
+        self.cross_attn = MultiHeadAttention(d_model, num_heads, options.bias, options.n_kv_heads)
+        self.ffn = make_ffn(d_model, d_ff, dropout, options)
+        self.norm1, self.norm2, self.norm3 = (make_norm(d_model, options) for _ in range(3))
         self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
         self.self_attn_weights = None  # (B, h, T, T) of the last forward pass
         self.cross_attn_weights = None  # (B, h, T, S) of the last forward pass
 
-    def forward(self, x, memory, self_mask=None, cross_mask=None):
+    def forward(self, x, memory, self_mask=None, cross_mask=None, *, cache=None):
         """x: (B, T, d_model) decoder side; memory: (B, S, d_model) the encoder's output.
 
         self_mask: broadcastable to (B, h, T, T), usually padding & causal (decoder_self_mask);
-        cross_mask: broadcastable to (B, h, T, S), usually the source padding (key_padding_mask).
+        cross_mask: broadcastable to (B, h, T, S), usually the source padding (key_padding_mask);
+        cache: a KVCache of the self-attention, for incremental decoding (x holds the new tokens only).
         """
         if self.norm_first:  # pre-LN
-            x = x + self._self_attention(self.norm1(x), self_mask)  # (B, T, d_model)
+            x = x + self._self_attention(self.norm1(x), self_mask, cache)  # (B, T, d_model)
             x = x + self._cross_attention(self.norm2(x), memory, cross_mask)  # (B, T, d_model)
             return x + self.dropout3(self.ffn(self.norm3(x)))  # (B, T, d_model)
-        x = self.norm1(x + self._self_attention(x, self_mask))  # post-LN, (B, T, d_model)
+        x = self.norm1(x + self._self_attention(x, self_mask, cache))  # post-LN, (B, T, d_model)
         x = self.norm2(x + self._cross_attention(x, memory, cross_mask))  # (B, T, d_model)
         return self.norm3(x + self.dropout3(self.ffn(x)))  # (B, T, d_model)
 
-    def _self_attention(self, x, mask):
-        out, weights = self.self_attn(x, x, mask)  # (B, T, d_model), (B, h, T, T)
-        self.self_attn_weights = weights.detach()
-        return self.dropout1(out)
+    def _self_attention(self, x, mask, cache=None):
+        out, weights = self.self_attn(x, x, mask, rotary=self.rotary, cache=cache)
+        self.self_attn_weights = weights.detach()  # (B, h, T, T)
+        return self.dropout1(out)  # (B, T, d_model)
 
     def _cross_attention(self, x, memory, mask):
         out, weights = self.cross_attn(x, memory, mask)  # (B, T, d_model), (B, h, T, S)

@@ -57,23 +57,68 @@ def multi_head_attention(q_in, kv_in, w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o,
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention as a module: four d_model × d_model linear maps."""
+    """Multi-head attention as a module: the linear maps of multi_head_attention, learned.
 
-    def __init__(self, d_model: int, num_heads: int, bias: bool = True):
+    With the defaults it computes exactly ``multi_head_attention``. The options are the hooks that
+    later models need (chapters 09–11 load real checkpoints into this class):
+
+    * ``bias=False``: projections without biases (LLaMA-style models);
+    * ``n_kv_heads`` < ``num_heads``: grouped-query attention — only n_kv_heads key/value heads,
+      each shared by num_heads / n_kv_heads query heads (n_kv_heads = 1: multi-query attention);
+    * forward(..., score_bias=...): scores added before the softmax (ALiBi, T5's relative bias);
+    * forward(..., rotary=...): a RotaryEmbedding that turns queries and keys (RoPE);
+    * forward(..., cache=...): a KVCache, so incremental decoding computes keys and values of new
+      tokens only.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, bias: bool = True, n_kv_heads: int | None = None):
         super().__init__()
+        n_kv_heads = n_kv_heads or num_heads
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
-        self.num_heads = num_heads
+        if num_heads % n_kv_heads:
+            raise ValueError(f"num_heads={num_heads} is not divisible by n_kv_heads={n_kv_heads}")
+        self.num_heads, self.n_kv_heads = num_heads, n_kv_heads
+        d_kv = n_kv_heads * (d_model // num_heads)  # = d_model unless grouped-query
         self.w_q = nn.Linear(d_model, d_model, bias=bias)
-        self.w_k = nn.Linear(d_model, d_model, bias=bias)
-        self.w_v = nn.Linear(d_model, d_model, bias=bias)
+        self.w_k = nn.Linear(d_model, d_kv, bias=bias)
+        self.w_v = nn.Linear(d_model, d_kv, bias=bias)
         self.w_o = nn.Linear(d_model, d_model, bias=bias)
 
-    def forward(self, q_in, kv_in, mask=None):
-        """(B, T_q, d_model), (B, T_k, d_model) -> (B, T_q, d_model), (B, h, T_q, T_k)."""
-        return multi_head_attention(
-            q_in, kv_in,
-            self.w_q.weight, self.w_q.bias, self.w_k.weight, self.w_k.bias,
-            self.w_v.weight, self.w_v.bias, self.w_o.weight, self.w_o.bias,
-            self.num_heads, mask,
-        )
+    def forward(self, q_in, kv_in, mask=None, *, score_bias=None, rotary=None, cache=None):
+        """(B, T_q, d_model), (B, T_k, d_model) -> (B, T_q, d_model), weights (B, h, T_q, T_k).
+
+        With a cache, kv_in holds only the new tokens; the weights cover every token so far.
+        """
+        q = split_heads(self.w_q(q_in), self.num_heads)  # (B, h, T_q, d_k)
+        k = split_heads(self.w_k(kv_in), self.n_kv_heads)  # (B, h_kv, T_k, d_k)
+        v = split_heads(self.w_v(kv_in), self.n_kv_heads)  # (B, h_kv, T_k, d_k)
+        if rotary is not None:
+            start = cache.length if cache is not None else 0  # position of the first new token
+            q, k = rotary(q, start), rotary(k, start)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, h_kv, T_past + T_k, d_k)
+        group = self.num_heads // self.n_kv_heads
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, h, T_k, d_k)
+        out, weights = scaled_dot_product_attention(q, k, v, mask, score_bias)  # (B, h, T_q, d_k)
+        return self.w_o(merge_heads(out)), weights  # (B, T_q, d_model), (B, h, T_q, T_k)
+
+
+class KVCache:
+    """The keys and values one attention layer has seen so far, for incremental decoding.
+
+    Each decoding step appends the new tokens' keys and values (B, h_kv, T_new, d_k) and attends
+    over all of them, instead of recomputing the whole prefix.
+    """
+
+    def __init__(self):
+        self.k = self.v = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.size(-2)
+
+    def append(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=-2)  # (B, h_kv, T, d_k)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=-2)
+        return self.k, self.v

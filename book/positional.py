@@ -4,9 +4,10 @@
   feature indices), and ``offset_matrix``, the rotation that shifts it by k positions;
 * ``SinusoidalPositionalEncoding`` / ``LearnedPositionalEmbedding``: modules that add a position
   vector to each token embedding, (B, T, d_model) -> (B, T, d_model);
-* ``apply_rope``: rotary position embedding for queries and keys. Convention: pairs of
-  *neighbouring* features (x[..., 2i], x[..., 2i+1]) are rotated by the angle pos · base^(-2i/d)
-  (the RoFormer paper's and llama.cpp's layout; Hugging Face's "rotate_half" pairs i with i + d/2);
+* ``apply_rope``: rotary position embedding for queries and keys: pairs of features are rotated by
+  the angle pos · base^(-2i/d). Two layouts: *neighbouring* features (x[..., 2i], x[..., 2i+1]),
+  the RoFormer paper's and llama.cpp's, and Hugging Face's "rotate_half", which pairs i with i + d/2;
+  ``RotaryEmbedding`` is the same as a hook that ``MultiHeadAttention`` calls;
 * ``alibi_slopes`` / ``alibi_bias``: ALiBi's per-head distance penalty, added to attention scores.
 
 Everything here is shown, line for line, in ``chapters/06_positional_encoding.ipynb``.
@@ -81,25 +82,49 @@ class LearnedPositionalEmbedding(nn.Module):
         return x + self.table(positions)  # (B, T, d_model) + (T, d_model)
 
 
-def apply_rope(x: torch.Tensor, positions, base: float = 10000.0) -> torch.Tensor:
-    """Rotary position embedding: turn each pair (x[..., 2i], x[..., 2i+1]) by pos · θ_i.
+def apply_rope(x: torch.Tensor, positions, base: float = 10000.0, layout: str = "interleaved") -> torch.Tensor:
+    """Rotary position embedding: turn each pair of features of x by pos · θ_i.
 
     x: (..., T, d) with d even.  θ_i = base^(-2i/d), the sinusoidal encoding's frequencies.
     positions: (T,) ints or floats, or any shape broadcastable to x.shape[:-1].
+    layout: which features form pair i — "interleaved": (x[..., 2i], x[..., 2i+1]) (RoFormer,
+    llama.cpp); "half": (x[..., i], x[..., i + d/2]) (Hugging Face's rotate_half).
     """
     d = x.size(-1)
     if d % 2:
         raise ValueError(f"the last dimension of x must be even, got {d}")
+    if layout not in ("interleaved", "half"):
+        raise ValueError(f"layout must be 'interleaved' or 'half', got {layout!r}")
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     two_i = torch.arange(0, d, 2, device=x.device, dtype=dtype)  # (d/2,)
     theta = base ** (-two_i / d)  # (d/2,)
     pos = torch.as_tensor(positions, device=x.device, dtype=dtype)
     angle = pos[..., None] * theta  # (..., T, d/2)
     cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]  # (..., T, d/2): the two coordinates of each pair
+    if layout == "interleaved":
+        x1, x2 = x[..., 0::2], x[..., 1::2]  # (..., T, d/2): the two coordinates of each pair
+    else:
+        x1, x2 = x[..., : d // 2], x[..., d // 2 :]
     y1 = x1 * cos - x2 * sin  # rotate every pair by its angle
     y2 = x1 * sin + x2 * cos
-    return torch.stack([y1, y2], dim=-1).flatten(-2)  # (..., T, d): pairs interleaved again
+    if layout == "interleaved":
+        return torch.stack([y1, y2], dim=-1).flatten(-2)  # (..., T, d): pairs interleaved again
+    return torch.cat([y1, y2], dim=-1)  # (..., T, d)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE as a hook for attention: ``rotary(x, start)`` rotates queries or keys x (B, h, T, d_k)
+    as if they stood at positions start, start + 1, …, start + T - 1 (start > 0 when decoding with a cache)."""
+
+    def __init__(self, base: float = 10000.0, layout: str = "interleaved"):
+        super().__init__()
+        if layout not in ("interleaved", "half"):
+            raise ValueError(f"layout must be 'interleaved' or 'half', got {layout!r}")
+        self.base, self.layout = base, layout
+
+    def forward(self, x, start: int = 0):
+        positions = torch.arange(start, start + x.size(-2), device=x.device)  # (T,)
+        return apply_rope(x, positions, self.base, self.layout)  # (B, h, T, d_k)
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
@@ -115,8 +140,8 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     return torch.tensor(geometric(n) + extra)
 
 
-def alibi_bias(num_heads: int, n: int) -> torch.Tensor:
+def alibi_bias(num_heads: int, n: int, device=None) -> torch.Tensor:
     """(h, n, n) bias[h, i, j] = -m_h · |i - j|, added to the scores before the softmax."""
-    pos = torch.arange(n)
+    pos = torch.arange(n, device=device)
     distance = (pos[:, None] - pos[None, :]).abs()  # (n, n): |i - j|
-    return -alibi_slopes(num_heads)[:, None, None] * distance  # (h, n, n)
+    return -alibi_slopes(num_heads).to(device)[:, None, None] * distance  # (h, n, n)
