@@ -16,8 +16,12 @@ def cosine_similarity_matrix(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor
 
 
 def logsumexp(x: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
-    """log Σ exp(x) along dim, without overflow: m + log Σ exp(x - m) with m the maximum."""
+    """log Σ exp(x) along dim, without overflow: m + log Σ exp(x - m) with m the maximum.
+
+    A slice that is all -inf (every option masked out) gives -inf, as torch.logsumexp does.
+    """
     m = x.amax(dim=dim, keepdim=True)  # (..., 1, ...) the largest entry along dim
+    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)  # ±inf max: shift by 0 (-inf - -inf is NaN)
     out = m + torch.log(torch.exp(x - m).sum(dim=dim, keepdim=True))  # exp() of x - m <= 0
     return out if keepdim else out.squeeze(dim)
 

@@ -187,7 +187,7 @@ def linear_backward_reference(x, weight, grad_output):
     """(∂L/∂x, ∂L/∂W, ∂L/∂b) for y = x Wᵀ + b, given ∂L/∂y — computed by autograd."""
     x = x.detach().clone().requires_grad_()
     w = weight.detach().clone().requires_grad_()
-    b = torch.zeros(weight.shape[0], dtype=weight.dtype, requires_grad=True)
+    b = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device, requires_grad=True)
     F.linear(x, w, b).backward(grad_output)
     return x.grad, w.grad, b.grad
 

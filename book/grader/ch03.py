@@ -154,7 +154,7 @@ def rnn_input_jacobians(xs, h0, W_ih, W_hh, b_ih, b_hh):
     for x in xs:  # forward: keep every state
         h = torch.tanh(W_ih @ x + b_ih + W_hh @ h + b_hh)
         hs.append(h)
-    G = torch.eye(h0.numel(), dtype=xs.dtype)  # ∂h_T/∂h_T
+    G = torch.eye(h0.numel(), dtype=xs.dtype, device=xs.device)  # ∂h_T/∂h_T
     jacobians = []
     for t in reversed(range(len(hs))):
         A = G * (1 - hs[t] ** 2)  # G @ diag(tanh'(a_t)) = ∂h_T/∂a_t
@@ -294,7 +294,8 @@ PREDICT_PARAMS = Exercise(
         Mistake("counts without the biases", lambda: (2400, 1800),
                 "each gate also has biases: PyTorch keeps two vectors, b_ih and b_hh, of 4H (LSTM) or 3H (GRU) each."),
         Mistake("counts with one bias vector instead of two", lambda: (2480, 1860),
-                "PyTorch keeps two bias vectors, b_ih and b_hh — one more than the maths needs."),
+                "PyTorch keeps two bias vectors, b_ih and b_hh, and counts both (in the GRU, b_hh's b_hn sits "
+                "inside r * (W_hn h + b_hn), so it is not redundant there)."),
         Mistake("counts without the recurrent weights W_hh", lambda: (960, 720),
                 "the gates read the previous state too: W_hh has shape (4H, H) for the LSTM, (3H, H) for the GRU."),
         Mistake("the LSTM and GRU counts swapped", lambda: (1920, 2560),
