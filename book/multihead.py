@@ -60,7 +60,7 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention as a module: the linear maps of multi_head_attention, learned.
 
     With the defaults it computes exactly ``multi_head_attention``. The options are the hooks that
-    later models need (chapters 09–11 load real checkpoints into this class):
+    later models need (chapters 09–11 will load real checkpoints into this class):
 
     * ``bias=False``: projections without biases (LLaMA-style models);
     * ``n_kv_heads`` < ``num_heads``: grouped-query attention — only n_kv_heads key/value heads,
