@@ -88,8 +88,11 @@ def _control(name: str, spec):
 def live_explorer(make_figure: Callable, **controls):
     """A live ipywidgets explorer: one widget per control, the figure redrawn on every change.
 
-    ``make_figure(**values)`` returns a plotly figure (or raises ValueError with a message for the
-    reader). Controls: ``sentence="the cat"`` (text box), ``causal=False`` (checkbox),
+    ``make_figure(**values)`` returns a plotly figure, or raises ValueError with a message for the
+    reader (bad input, e.g. an empty sentence): that message is printed instead of the figure.
+    Any other exception is a bug and is not swallowed: in a kernel the output area shows its
+    traceback (ipywidgets' Output does that), elsewhere it propagates to whoever changed the value.
+    Controls: ``sentence="the cat"`` (text box), ``causal=False`` (checkbox),
     ``head=[0, 1, 2]`` (dropdown), ``temperature=(0.1, 4.0, 1.0)`` (slider).
     """
     import ipywidgets as w
@@ -102,9 +105,11 @@ def live_explorer(make_figure: Callable, **controls):
         with out:
             out.clear_output(wait=True)
             try:
-                display(make_figure(**{n: c.value for n, c in widgets.items()}))
-            except ValueError as e:
+                fig = make_figure(**{n: c.value for n, c in widgets.items()})
+            except ValueError as e:  # the reader's input, not the code: say why, no traceback
                 print(e)
+                return
+            display(fig)
 
     for control in widgets.values():
         control.observe(redraw, names="value")
