@@ -1,48 +1,18 @@
-"""The grader's own tests: references pass, catalogued mistakes are named, alternatives pass,
-and every kind of broken submission becomes feedback instead of an exception or a hang."""
+"""The grader's own tests: every kind of broken submission becomes feedback instead of an exception
+or a hang; ids, progress and display. Also chapter 04's data for test_exercises.py (references pass,
+catalogued mistakes are named, alternatives pass, wrong variants are rejected there)."""
 import math
 import threading
 import time
 
-import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 
 from book import attention as A
 from book.grader import check, ch04, exercises, get_exercise, progress
 
-ALL = ch04.EXERCISES
-REFERENCES = {
-    "softmax": A.softmax, "scaled_dot_product_attention": A.scaled_dot_product_attention,
-    "causal_mask": A.causal_mask, "padding_mask": A.padding_mask, "self_attention": A.self_attention,
-    "predict_weight": ch04.predict_weight, "predict_shapes": ch04.predict_shapes,
-}
 
-
-def test_every_exercise_has_a_reference_here_and_a_catalogue():
-    assert sorted(REFERENCES) == sorted(e.name for e in ALL)
-    for ex in ALL:
-        assert len(ex.mistakes) >= 2, ex.id
-
-
-@pytest.mark.parametrize("ex", ALL, ids=lambda e: e.name)
-def test_reference_passes(ex):
-    r = check(ex.id, REFERENCES[ex.name])
-    assert r.passed, r.feedback
-    assert "all public checks passed" in r.feedback
-
-
-@pytest.mark.parametrize("ex,mistake", [(e, m) for e in ALL for m in e.mistakes],
-                         ids=lambda x: getattr(x, "name", None))
-def test_catalogued_mistake_is_rejected_and_named(ex, mistake):
-    r = check(ex.id, mistake.fn)
-    assert not r.passed
-    assert r.mistake == mistake.name, r.feedback
-    assert mistake.name in r.feedback and "Hint:" in r.feedback
-
-
-# ----------------------------------------------------------------------------- alternatives that must pass
+# ----------------------------------------------------------------------------- chapter 04's data for test_exercises.py
 def sm_torch(x, dim=-1):
     return torch.softmax(x, dim=dim)
 
@@ -67,37 +37,45 @@ def sdpa_torch_kernel(q, k, v, mask=None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), w
 
 
-ALTERNATIVES = [
-    ("softmax", sm_torch), ("softmax", sm_logsumexp),
-    ("scaled_dot_product_attention", sdpa_einsum_big_negative),
-    ("scaled_dot_product_attention", sdpa_torch_kernel),
-    ("causal_mask", lambda n: torch.tril(torch.ones(n, n)).bool()),
-    ("causal_mask", lambda n: torch.arange(n)[:, None] >= torch.arange(n)[None, :]),
-    ("padding_mask", lambda lengths, max_len: torch.arange(max_len).expand(len(lengths), max_len) < lengths.unsqueeze(1)),
-    ("padding_mask", lambda lengths, max_len: torch.stack([torch.arange(max_len) < int(n) for n in lengths])),
-    ("self_attention", lambda x, wq, wk, wv, mask=None: sdpa_einsum_big_negative(
-        F.linear(x, wq.T), F.linear(x, wk.T), F.linear(x, wv.T), mask)),
-    ("predict_weight", lambda: 0.88),
-    ("predict_weight", lambda: torch.tensor(0.8808)),
-    ("predict_shapes", lambda: (torch.Size([2, 3, 5, 32]), [2, 3, 5, 7])),
+ALTERNATIVES = {
+    "softmax": [sm_torch, sm_logsumexp],
+    "scaled_dot_product_attention": [sdpa_einsum_big_negative, sdpa_torch_kernel],
+    "causal_mask": [lambda n: torch.tril(torch.ones(n, n)).bool(),
+                    lambda n: torch.arange(n)[:, None] >= torch.arange(n)[None, :]],
+    "padding_mask": [
+        lambda lengths, max_len: torch.arange(max_len).expand(len(lengths), max_len) < lengths.unsqueeze(1),
+        lambda lengths, max_len: torch.stack([torch.arange(max_len) < int(n) for n in lengths])],
+    "self_attention": [lambda x, wq, wk, wv, mask=None: sdpa_einsum_big_negative(
+        F.linear(x, wq.T), F.linear(x, wk.T), F.linear(x, wv.T), mask)],
+    "predict_weight": [lambda: 0.88, lambda: torch.tensor(0.8808)],
+    "predict_shapes": [lambda: (torch.Size([2, 3, 5, 32]), [2, 3, 5, 7])],
+}
+
+
+def _stub(x, dim=-1):
+    raise NotImplementedError("your code here")
+
+
+def _softmax_in_place(x, dim=-1):
+    x -= x.amax(dim=dim, keepdim=True)  # modifies the caller's tensor
+    x.exp_()
+    return x / x.sum(dim=dim, keepdim=True)
+
+
+WRONG = [  # broken submissions that no catalogued mistake describes: what the feedback must say
+    ("softmax", _stub, "not implemented yet"),
+    ("softmax", lambda x, dim=-1: torch.softmax(x, dim).numpy(), "numpy"),
+    ("scaled_dot_product_attention", lambda q, k, v, mask=None: A.scaled_dot_product_attention(q, k, v, mask)[0],
+     "is a single tensor; expected a tuple of 2 values"),
+    ("softmax", lambda x, dim=-1: torch.softmax(x, dim).sum(dim), "shape"),
+    ("causal_mask", lambda n: torch.ones(n, n).tril(), "bool"),
+    ("softmax", lambda x, dim=-1: torch.full_like(torch.softmax(x, dim), float("nan")), "NaN"),
+    ("softmax", _softmax_in_place, "modified its input"),
+    ("causal_mask", lambda n: None, "expected a torch.Tensor"),
 ]
 
 
-@pytest.mark.parametrize("name,fn", ALTERNATIVES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(ALTERNATIVES)])
-def test_valid_alternatives_pass(name, fn):
-    r = check(name, fn)
-    assert r.passed, r.feedback
-
-
 # ----------------------------------------------------------------------------- broken submissions become feedback
-def test_stub_fails_with_not_implemented_message():
-    def softmax(x, dim=-1):
-        raise NotImplementedError("your code here")
-
-    r = check(softmax)
-    assert not r.passed and "not implemented yet" in r.feedback
-
-
 def test_exception_is_reported_with_type_and_line_not_a_traceback():
     def scaled_dot_product_attention(q, k, v, mask=None):
         scores = q @ k  # forgot the transpose
@@ -109,64 +87,27 @@ def test_exception_is_reported_with_type_and_line_not_a_traceback():
     assert "Traceback" not in r.feedback and 'File "' not in r.feedback
 
 
-def test_numpy_instead_of_tensor():
-    r = check("softmax", lambda x, dim=-1: torch.softmax(x, dim).numpy())
-    assert not r.passed and "numpy" in r.feedback
-
-
-def test_tensor_instead_of_tuple():
-    r = check("scaled_dot_product_attention", lambda q, k, v, mask=None: A.scaled_dot_product_attention(q, k, v, mask)[0])
-    assert not r.passed and "single tensor" in r.feedback and "tuple of 2" in r.feedback
-
-
-def test_wrong_shape_is_named():
-    r = check("softmax", lambda x, dim=-1: torch.softmax(x, dim).sum(dim))
-    assert not r.passed and "shape" in r.feedback
-
-
-def test_float_mask_instead_of_bool():
-    r = check("causal_mask", lambda n: torch.ones(n, n).tril())
-    assert not r.passed and "bool" in r.feedback
-
-
-def test_nan_output_is_named():
-    r = check("softmax", lambda x, dim=-1: torch.full_like(torch.softmax(x, dim), float("nan")))
-    assert not r.passed and "NaN" in r.feedback
-
-
-def test_in_place_mutation_of_inputs_is_caught():
-    def softmax(x, dim=-1):
-        x -= x.amax(dim=dim, keepdim=True)  # modifies the caller's tensor
-        x.exp_()
-        return x / x.sum(dim=dim, keepdim=True)
-
-    r = check(softmax)
-    assert not r.passed and "modified its input" in r.feedback
-
-
-def test_infinite_loop_times_out_quickly():
+def test_an_endless_loop_times_out():
     def causal_mask(n):
         while True:
             pass
 
-    t0 = time.perf_counter()
     r = check(causal_mask)
-    assert not r.passed and "longer than" in r.feedback
-    assert time.perf_counter() - t0 < 10
+    limit = get_exercise("04_self_attention/causal_mask").time_limit
+    assert not r.passed and f"longer than {limit:g} s" in r.feedback
 
 
 def test_timeout_also_works_outside_the_main_thread():
     box = {}
 
     def slow(n):
-        time.sleep(30)
+        time.sleep(600)  # without the time limit, check() would not return for ten minutes
 
-    t = threading.Thread(target=lambda: box.setdefault("r", check("causal_mask", slow)))
-    t0 = time.perf_counter()
+    t = threading.Thread(target=lambda: box.setdefault("r", check("causal_mask", slow)), daemon=True)
     t.start()
-    t.join(20)
-    assert "r" in box and not box["r"].passed and "longer than" in box["r"].feedback
-    assert time.perf_counter() - t0 < 15
+    t.join(120)  # a guard against hanging the test run, not a measurement
+    assert "r" in box, "check() did not return: the time limit did not stop the function"
+    assert not box["r"].passed and "longer than" in box["r"].feedback
 
 
 def test_expected_values_are_never_shown():
@@ -176,13 +117,17 @@ def test_expected_values_are_never_shown():
     for digits in (f"{truth:.2f}", f"{truth:.3f}", f"{truth:.4f}"):
         assert digits not in r.feedback
     r = check("predict_shapes", lambda: ((1, 1), (1, 1)))
-    assert "(2, 3, 5" not in r.feedback
+    assert not r.passed and "(2, 3, 5" not in r.feedback
 
 
 def test_check_never_raises_on_nonsense():
-    for args in [("no/such_exercise", A.softmax), (None,), (42,), ("softmax", "not a function"), (A.softmax, 3)]:
+    for args, says in [(("no/such_exercise", A.softmax), "unknown exercise 'no/such_exercise'"),
+                       ((None,), "the first argument should be an exercise id"),
+                       ((42,), "the first argument should be an exercise id"),
+                       (("softmax", "not a function"), "needs your function itself"),
+                       ((A.softmax, 3), "the first argument should be an exercise id")]:
         r = check(*args)
-        assert not r.passed and r.feedback
+        assert not r.passed and says in r.feedback, (args, r.feedback)
 
 
 def test_short_form_uses_the_function_name():
@@ -200,17 +145,9 @@ def test_result_displays_in_a_notebook_and_terminal():
     assert "not yet" in bad._repr_html_() and "FAIL" in str(bad)
 
 
-def test_one_check_is_fast():
-    check(A.scaled_dot_product_attention)  # warm-up
-    for ex in ALL:
-        t0 = time.perf_counter()
-        check(ex.id, REFERENCES[ex.name])
-        assert time.perf_counter() - t0 < 1.0, ex.id
-
-
 def test_exercise_ids_and_progress(tmp_path, monkeypatch):
     ids = exercises("04")
-    assert "04_self_attention/scaled_dot_product_attention" in ids and len(ids) == len(ALL)
+    assert "04_self_attention/scaled_dot_product_attention" in ids and len(ids) == len(ch04.EXERCISES)
     assert get_exercise(ids[0]).id == ids[0]
     check(A.softmax)
     check("causal_mask", lambda n: None)
