@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import random
 
-SITE_BUILD_ENV = "BOOK_SITE_BUILD"  # set to "1" by book.sphinx_ext while the website builds
+SITE_BUILD_ENV = "BOOK_SITE_BUILD"  # set to "1" by book.authoring.sphinx_ext while the website builds
 
 
 def is_site_build() -> bool:

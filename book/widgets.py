@@ -2,7 +2,7 @@
 
 How ``show_attention`` decides what to show (``mode="auto"``):
 
-1. While the website is being built (``BOOK_SITE_BUILD=1``, set by ``book.sphinx_ext``) it returns
+1. While the website is being built (``BOOK_SITE_BUILD=1``, set by ``book.authoring.sphinx_ext``) it returns
    a static plotly figure whose slider holds precomputed maps — interactive in any browser, no kernel.
 2. Otherwise, inside a running Jupyter kernel with ipywidgets installed, it returns a live widget:
    type your own sentence, move the sliders, and the map is recomputed by PyTorch.

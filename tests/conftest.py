@@ -28,7 +28,7 @@ def site():
 
     env = {k: v for k, v in os.environ.items() if k not in ("BOOK_SITE_BUILD", "BOOK_GRADER_REPORT")}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "book.build"], cwd=ROOT, capture_output=True, text=True,
-                          env=env, timeout=1800)
+    proc = subprocess.run([sys.executable, "-m", "book.authoring.build"], cwd=ROOT, capture_output=True,
+                          text=True, env=env, timeout=1800)
     return {"returncode": proc.returncode, "log": proc.stdout + proc.stderr,
             "html": ROOT / "_build" / "html", "seconds": time.perf_counter() - t0}

@@ -5,7 +5,7 @@ import sys
 import nbformat
 import pytest
 
-from book import notebooks
+from book.authoring import notebooks
 from book.grader import exercises
 
 from conftest import ROOT
@@ -25,12 +25,12 @@ def test_there_are_notebooks_in_each_folder():
 @pytest.mark.parametrize("path", tracked_notebooks(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_notebook_committed_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
-    assert not notebooks.has_outputs(nb), f"{path.name} has outputs: run python -m book.notebooks strip"
+    assert not notebooks.has_outputs(nb), f"{path.name} has outputs: run python -m book.authoring.notebooks strip"
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
 
 
 def test_exercises_are_in_sync_with_solutions():
-    assert notebooks.stale_exercises() == [], "run: python -m book.notebooks generate"
+    assert notebooks.stale_exercises() == [], "run: python -m book.authoring.notebooks generate"
 
 
 def test_every_solution_has_an_exercise_and_graded_ids():

@@ -1,9 +1,12 @@
 """The website: built with the README's command, every notebook executed, fully offline."""
+import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import nbformat
 import pytest
@@ -90,3 +93,55 @@ def test_a_cell_error_fails_the_build(tmp_path):
 def test_a_sphinx_warning_fails_the_build(tmp_path):
     proc = _tiny_book(tmp_path, {"page.md": "# Page\n\nSee {doc}`no_such_page`.\n"}, ["page"])
     assert proc.returncode != 0
+
+
+def test_a_rebuild_without_changes_executes_nothing(site):
+    """The README's command again: every execution comes from the cache, every page is rewritten."""
+    assert site["returncode"] == 0, site["log"][-5000:]
+    env = {k: v for k, v in os.environ.items() if k not in ("BOOK_SITE_BUILD", "BOOK_GRADER_REPORT")}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "book.authoring.build"], cwd=ROOT, capture_output=True,
+                          text=True, env=env, timeout=600)
+    seconds = time.perf_counter() - t0
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-5000:]
+    assert "Executing notebook" not in log, [line for line in log.splitlines() if "Executing notebook" in line]
+    assert (site["html"] / "chapters" / "04_self_attention.html").is_file()
+    print(f"no-change rebuild in {seconds:.1f} s")
+
+
+def _jb_build(book_dir):
+    proc = subprocess.run([sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build",
+                           str(book_dir), "-W", "-n", "--keep-going"], capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_dropped_executions_are_re_executed_and_only_they(tmp_path):
+    """Per-notebook invalidation in a real (tiny) build: a changed code stamp re-runs that notebook only."""
+    from book.authoring import exec_cache
+
+    cells = ["import book\nbook.setup(verbose=False)", "from book.attention import softmax\nprint('ran')"]
+    nbs = {}
+    for name in ("one", "two"):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {name.title()}")]
+                                      + [nbformat.v4.new_code_cell(c + f"  # {name}") for c in cells])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbs[f"{name}.ipynb"] = nb
+    proc = _tiny_book(tmp_path, nbs, ["one", "two"])
+    book_dir = tmp_path / "tinybook"
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert log.count("Executing notebook") == 2
+
+    rc, log = _jb_build(book_dir)  # nothing changed
+    assert rc == 0 and "Executing notebook" not in log, log[-3000:]
+
+    stamps_file = book_dir / "_build" / exec_cache.STAMP_FILE
+    stamps = json.loads(stamps_file.read_text())
+    assert set(stamps) == {"one.ipynb", "two.ipynb"}
+    stamps["two.ipynb"] = "as if book/attention.py had changed since two.ipynb ran"
+    stamps_file.write_text(json.dumps(stamps))
+    rc, log = _jb_build(book_dir)
+    assert rc == 0, log[-3000:]
+    executed = [line for line in log.splitlines() if "Executing notebook" in line]
+    assert len(executed) == 1 and "two.ipynb" in executed[0], executed

@@ -6,9 +6,9 @@ that block become ``# Hint: ...`` comments in the stub, which raises ``NotImplem
 Cells tagged ``solutions-only`` are dropped, and a first-level heading ending in
 ``(solutions)`` loses that suffix.
 
-    python -m book.notebooks generate   # write exercises/ from solutions/
-    python -m book.notebooks check      # exit 1 if exercises/ is stale or a notebook has outputs
-    python -m book.notebooks strip      # remove outputs and execution counts from every notebook
+    python -m book.authoring.notebooks generate   # write exercises/ from solutions/
+    python -m book.authoring.notebooks check      # exit 1 if exercises/ is stale or a notebook has outputs
+    python -m book.authoring.notebooks strip      # remove outputs and execution counts from every notebook
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (book/authoring/ -> ../..)
 BEGIN, END, HINT = "### BEGIN SOLUTION", "### END SOLUTION", "### HINT:"
 NOTEBOOK_DIRS = ("chapters", "exercises", "solutions")
 
@@ -117,9 +117,10 @@ def main(argv=None) -> int:
                 print(f"stripped {p.relative_to(ROOT)}")
         return 0
     if cmd == "check":
-        bad = [f"{p.relative_to(ROOT)} is out of sync with solutions/ (run: python -m book.notebooks generate)"
+        tool = "python -m book.authoring.notebooks"
+        bad = [f"{p.relative_to(ROOT)} is out of sync with solutions/ (run: {tool} generate)"
                for p in stale_exercises()]
-        bad += [f"{p.relative_to(ROOT)} has outputs (run: python -m book.notebooks strip)"
+        bad += [f"{p.relative_to(ROOT)} has outputs (run: {tool} strip)"
                 for p in all_notebooks() if has_outputs(nbformat.read(p, as_version=4))]
         print("\n".join(bad) or "notebooks OK")
         return 1 if bad else 0
