@@ -142,7 +142,7 @@ JS_EQUATIONS = r"""() => { const root = document.querySelector('main') || docume
   return out; }"""
 
 # Figure controls: slider pieces, menu headers and (while open) dropdown buttons, each against the
-# figure's box, the viewport's width and the figure title.
+# figure's box, the viewport's width and the figure title; and the title itself against the figure.
 JS_CONTROLS = r"""() => { const out = []; const vw = document.documentElement.clientWidth;
   const rect = e => { const r = e.getBoundingClientRect(); return {l: r.left, r: r.right, t: r.top, b: r.bottom}; };
   const union = els => els.map(rect).filter(r => r.r > r.l && r.b > r.t).reduce((u, r) => u ?
@@ -157,6 +157,9 @@ JS_CONTROLS = r"""() => { const out = []; const vw = document.documentElement.cl
     gd.querySelectorAll('.updatemenu-header-group').forEach((g, k) => parts.push([`menu ${k}`, union([g])]));
     gd.querySelectorAll('.updatemenu-dropdown-button').forEach((g, k) =>
         parts.push([`menu button ${k} "${g.textContent.trim().slice(0, 40)}"`, union([g])]));
+    if (title && (title.l < fig.l - 1 || title.r > fig.r + 1)) out.push({figure: i, control: 'title',
+        why: 'runs outside the figure', box: [title.l, title.t, title.r, title.b].map(Math.round),
+        fig: [fig.l, fig.t, fig.r, fig.b].map(Math.round), title: titleEl.textContent.slice(0, 60)});
     for (const [what, r] of parts) { if (!r) continue; const why = [];
       if (r.l < fig.l - 1 || r.r > fig.r + 1 || r.t < fig.t - 1 || r.b > fig.b + 1) why.push('outside the figure');
       if (r.l < -1 || r.r > vw + 1) why.push('outside the viewport');
@@ -170,6 +173,7 @@ JS_CONTROLS = r"""() => { const out = []; const vw = document.documentElement.cl
 # Code cells and their printed output: lines wider than the box (measured in the box's own font).
 JS_CODE = r"""() => { const root = document.querySelector('main') || document.body;
   const ctx = document.createElement('canvas').getContext('2d'); const out = [];
+  const cells = Array.from(root.querySelectorAll('div.cell'));
   for (const pre of root.querySelectorAll('div.cell_input pre, div.cell_output pre')) {
     if (pre.scrollWidth <= pre.clientWidth + 1) continue;
     const cs = getComputedStyle(pre); ctx.font = cs.font;
@@ -180,7 +184,7 @@ JS_CODE = r"""() => { const root = document.querySelector('main') || document.bo
     const per = ctx.measureText('0'.repeat(10)).width / 10;
     out.push({kind: pre.closest('div.cell_output') ? 'output' : 'code', room: Math.floor(room / per),
               lines: lines.map(l => l.replace(/\s+$/, '')),
-              cell: (pre.closest('div.cell') || {}).id || ''}); }
+              cell: cells.indexOf(pre.closest('div.cell')) + 1}); }  // the page's n-th code cell
   return out; }"""
 
 
@@ -378,8 +382,8 @@ def _fit_problems(report, what: str) -> list[str]:
                         f"(box {c.get('box')}, figure {c.get('fig')}, title {c.get('title', '')!r})"
                         for c in fit["controls"]]
             elif width == "laptop":  # code: at 390 px a code box may scroll sideways (a phone is narrow)
-                out += [f"{name} @{px}px: {c['kind']} line longer than its box ({len(line)} chars, "
-                        f"room for {c['room']}): {line[:120]}"
+                out += [f"{name} @{px}px: code cell {c['cell']}: {c['kind']} line longer than its box "
+                        f"({len(line)} chars, room for {c['room']}): {line[:160]}"
                         for c in fit["code"] for line in (c["lines"] or ["(a line)"])]
     return out
 

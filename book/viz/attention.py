@@ -142,13 +142,22 @@ def query_explorer(weights, rows: Sequence[str], cols: Sequence[str] | None = No
 
 def _heads_grid(zs: Sequence[np.ndarray], names: Sequence[str], rows, cols, *, ncols: int,
                 spacing: tuple[float, float]) -> go.Figure:
-    """One small map per head, ncols to a row, sharing one colour scale (its bar shown once)."""
+    """One small map per head, ncols to a row, sharing one colour scale (its bar shown once).
+
+    Every head has the same query tokens, so only the first column names them: the maps can sit
+    close together without one map's labels running into its neighbour (on a phone too). Small
+    tick labels and subplot titles; single characters (letters) stand upright."""
     fig = make_subplots(rows=-(-len(zs) // ncols), cols=ncols, subplot_titles=list(names),
                         horizontal_spacing=spacing[0], vertical_spacing=spacing[1])
     for i, z in enumerate(zs):
         r, c = i // ncols + 1, i % ncols + 1
         fig.add_trace(_token_trace(z, rows, cols).update(texttemplate=None, showscale=i == 0), row=r, col=c)
         token_axes(fig, rows, cols, row=r, col=c, title_x="", title_y="")
+        fig.update_yaxes(showticklabels=c == 1, row=r, col=c)
+    upright = max((len(str(t)) for t in cols), default=0) <= 2
+    fig.update_xaxes(tickfont=dict(size=10), **(dict(tickangle=0) if upright else {}))
+    fig.update_yaxes(tickfont=dict(size=10))
+    fig.update_annotations(font_size=12)  # the subplot titles
     return fig
 
 
@@ -157,7 +166,7 @@ def attention_grid(maps: Mapping[str, object], rows: Sequence[str], cols: Sequen
     """Small multiples: one map per entry (e.g. per head), sharing one colour scale."""
     cols = list(rows) if cols is None else list(cols)
     zs = [_checked(maps[n], rows, cols)[0] for n in maps]  # each (T_q, T_k)
-    fig = _heads_grid(zs, list(maps), rows, cols, ncols=ncols, spacing=(0.04, 0.08))
+    fig = _heads_grid(zs, list(maps), rows, cols, ncols=ncols, spacing=(0.03, 0.08))
     n_rows = -(-len(zs) // ncols)
     return book_layout(fig, title, height=120 + n_rows * (60 + 16 * len(rows)), margin=dict(l=60, t=80, b=40))
 
@@ -177,9 +186,8 @@ def attention_views(views: Sequence[Mapping], *, title: str = "Attention", ncols
     drawn = [([_checked(v["maps"][h], v["rows"], v["cols"])[0] for h in heads], list(v["rows"]), list(v["cols"]))
              for v in views]  # per view: ([z (T_q, T_k) per head], rows, cols)
     zs, rows, cols = drawn[active]
-    fig = _heads_grid(zs, heads, rows, cols, ncols=ncols, spacing=(0.12, 0.2))
-    fig.update_xaxes(tickangle=0, tickfont=dict(size=10))
-    fig.update_yaxes(tickfont=dict(size=10))
+    fig = _heads_grid(zs, heads, rows, cols, ncols=ncols, spacing=(0.05, 0.2))
+    fig.update_xaxes(tickangle=0)
     tallest = max(len(r) for _, r, _ in drawn)
     book_layout(fig, title, height=110 + -(-len(heads) // ncols) * (40 + 15 * tallest), margin=dict(l=40, b=40))
     updates = []

@@ -4,13 +4,16 @@ The variants travel inside the figure (plotly's own slider steps / menu buttons)
 switches between them with no kernel — on the static website too. Placement is the same for every
 figure: a slider sits under the plot, clear of the x-axis labels, with "label: value" above its
 rail; a menu gets its own line under the title, left-aligned, so it never covers the title on a
-390 px phone. The figure grows by the room the control takes, so the plot keeps its size.
+390 px phone. The figure grows by the room the control takes, so the plot keeps its size. Titles
+that change with the control, and long menu labels, are broken into lines that fit a phone.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import plotly.graph_objects as go
+
+from book.viz.style import TITLE_CHARS, TITLE_LINE, extra_lines, place_title, wrap_text
 
 CONTROLS = ("slider", "dropdown")
 METHODS = ("update", "restyle")  # traces and layout / traces only
@@ -19,6 +22,9 @@ SLIDER_GAP = 20  # px between the x-axis labels (in the bottom margin) and the s
 MENU_ROOM = 45  # px the top margin grows by: the menu's own line under the title
 MENU_GAP = 8  # px between the menu and the plot
 MENU_GAP_OVER_TITLES = 30  # ... when subplot titles sit just above the plots
+MENU_CHARS = 26  # characters of a menu label line: the open menu stays inside a figure on a 390 px phone
+MENU_HEIGHT, MENU_LINE = 37, 17  # px: a closed menu showing a one-line label; each further line
+MENU_TITLE_GAP = 10  # px between the title's last line and the menu
 
 
 def check_variants(variants: Sequence, *, control: str, active: int = 0, what: str = "variant") -> None:
@@ -52,6 +58,7 @@ def add_variant_control(fig: go.Figure, labels: Sequence[str], updates: Sequence
     if len(updates) != len(labels):
         raise ValueError(f"{len(labels)} labels but {len(updates)} updates: give one update per variant")
     args = [[dict(u[0]), dict(u[1])] if method == "update" else [dict(u)] for u in updates]
+    _wrap_titles(fig, args)
     fig.plotly_update(*args[active])  # the figure starts on the active variant, as the control says
     if len(labels) == 1:
         return fig
@@ -59,6 +66,23 @@ def add_variant_control(fig: go.Figure, labels: Sequence[str], updates: Sequence
     if control == "slider":
         return _add_slider(fig, steps, active, label)
     return _add_menu(fig, steps, active)
+
+
+def _wrap_titles(fig: go.Figure, args: list) -> None:
+    """Break the variants' titles into lines like ``book_layout`` does; the figure grows by the
+    lines wrapping adds to the longest one, less those ``book_layout`` made room for already."""
+    added, lines = 0, (fig.layout.title.text or "").count("<br>") + 1
+    for a in args:
+        if len(a) > 1 and isinstance(a[1].get("title.text"), str):
+            text = a[1]["title.text"]
+            a[1]["title.text"] = wrap_text(text, TITLE_CHARS)
+            added = max(added, extra_lines(a[1]["title.text"], text))
+            lines = max(lines, a[1]["title.text"].count("<br>") + 1)
+    grow = added - getattr(fig, "_title_lines_added", 0)
+    if grow > 0:
+        fig.update_layout(height=(fig.layout.height or 450) + TITLE_LINE * grow,
+                          margin=dict(t=(fig.layout.margin.t or 100) + TITLE_LINE * grow))
+    place_title(fig, lines=lines)
 
 
 def _add_slider(fig: go.Figure, steps: list, active: int, label: str) -> go.Figure:
@@ -71,10 +95,14 @@ def _add_slider(fig: go.Figure, steps: list, active: int, label: str) -> go.Figu
 
 def _add_menu(fig: go.Figure, steps: list, active: int) -> go.Figure:
     gap = MENU_GAP_OVER_TITLES if fig.layout.annotations else MENU_GAP  # subplot titles are annotations
-    room = MENU_ROOM + gap
+    for step in steps:  # a long label gets lines of its own: the menu is as wide as its widest label
+        step["label"] = wrap_text(step["label"], MENU_CHARS)
+    lines = max(step["label"].count("<br>") for step in steps)
+    room = MENU_ROOM + gap + TITLE_LINE * lines  # the closed menu shows one (wrapped) label
+    place_title(fig, below=gap + MENU_HEIGHT + MENU_LINE * lines + MENU_TITLE_GAP)  # just above the menu
     return fig.update_layout(
         height=(fig.layout.height or 450) + room,
-        margin=dict(t=(fig.layout.margin.t or 100) + room),  # the title stays centred in the top margin, above
+        margin=dict(t=(fig.layout.margin.t or 100) + room),
         updatemenus=[dict(buttons=steps, active=active, direction="down", x=0.0, xanchor="left",
                           y=1.0, yanchor="bottom", pad=dict(b=gap))],
     )

@@ -18,6 +18,11 @@ MASK_COLORSCALE = [[0.0, "#e2e8f0"], [0.5, "#e2e8f0"], [0.5, "#2b6cb0"], [1.0, "
 BLUE = "#2b6cb0"  # the book's one accent colour (the dark end of COLORSCALE)
 MARGIN = dict(l=70, r=20, t=60, b=60)  # px; room for axis titles and tick labels
 LEGEND_BELOW = dict(orientation="h", y=-0.2)  # a legend under the plot leaves its full width to the data
+TITLE_CHARS = 40  # characters of a title line that fit a 390 px phone (a 334 px figure, 15 px font)
+TITLE_LINE = 20  # px the top margin (and the figure) grows by for each extra title line
+TITLE_PAD = 18  # px between the title's last line and the plot (the control helper adds a menu's room)
+SUBPLOT_TITLES_PAD = 22  # ... and more above subplot titles
+_BREAK_AFTER = (("—", "→"), (":",), ("·",))  # a line may end after these; the first ones are the better places
 
 
 class _SiteRenderer(MimetypeRenderer):
@@ -82,6 +87,60 @@ def token_axes(fig, rows, cols, row=None, col=None, title_x="key (attended to)",
                      title_text=title_y, autorange="reversed", row=row, col=col)
 
 
+def wrap_text(text: str, width: int) -> str:
+    """``text`` with line breaks (``<br>``) so that no line is longer than about ``width`` characters:
+    plotly never wraps a title or a button label, and a phone is narrow. Breaks at spaces,
+    preferably after '—' or '→', then ':', then '·'; parts that carry markup (``<sub>``) are kept."""
+    lines = []
+    for part in text.split("<br>"):
+        if "<" in part or len(part) <= width:
+            lines.append(part)
+            continue
+        words = []
+        for w in part.split(" "):  # a lone separator stays with the word before it
+            if words and any(w in seps for seps in _BREAK_AFTER):
+                words[-1] += " " + w
+            elif w:
+                words.append(w)
+        line: list[str] = []
+        for w in words:
+            if line and len(" ".join(line + [w])) > width:
+                cut = _break_at(line, width)
+                lines.append(" ".join(line[:cut + 1]))
+                line = line[cut + 1:]
+            line.append(w)
+        lines.append(" ".join(line))
+    return "<br>".join(lines)
+
+
+def _break_at(words: list[str], width: int) -> int:
+    """Index of the word a full line ends with: after the strongest separator that leaves the line
+    at least half full, else after the last word."""
+    for seps in _BREAK_AFTER:
+        ok = [i for i, w in enumerate(words) if w.endswith(seps) and len(" ".join(words[:i + 1])) >= width // 2]
+        if ok:
+            return ok[-1]
+    return len(words) - 1
+
+
+def extra_lines(wrapped: str, text: str) -> int:
+    """Lines ``wrap_text`` added to ``text``."""
+    return wrapped.count("<br>") - text.count("<br>")
+
+
+def place_title(fig: go.Figure, *, below: float | None = None, lines: int | None = None) -> go.Figure:
+    """Keep the title's last line ``below`` px above the plot (or above a menu: the control helper
+    says so). Plotly anchors a title's first line and runs further lines downwards, so the anchor
+    moves up by the extra lines of the longest title the figure shows (``lines``, in any variant)."""
+    if below is not None:
+        fig._title_below = below
+    if lines is not None:
+        fig._title_lines = lines
+    below = getattr(fig, "_title_below", TITLE_PAD)
+    lines = getattr(fig, "_title_lines", (fig.layout.title.text or "").count("<br>") + 1)
+    return fig.update_layout(title_pad_b=below + TITLE_LINE * (lines - 1))
+
+
 def token_map_height(n_rows: int) -> int:
     """px for a token-labelled map of n_rows rows (without a control)."""
     return int(min(720, 200 + 26 * n_rows))
@@ -89,12 +148,20 @@ def token_map_height(n_rows: int) -> int:
 
 def book_layout(fig: go.Figure, title: str, *, height: float, margin: dict | None = None, **more) -> go.Figure:
     """The book's layout: a left-aligned title, white template, system font; ``margin`` overrides
-    some sides of MARGIN; ``more`` goes to ``update_layout``."""
-    return fig.update_layout(
-        title=dict(text=title, x=0.0, xanchor="left", font=dict(size=15)),
+    some sides of MARGIN; ``more`` goes to ``update_layout``. A title too long for a phone is
+    broken into lines (``wrap_text``); the top margin and the figure grow by the extra lines."""
+    margin = {**MARGIN, **(margin or {})}
+    shown = wrap_text(title, TITLE_CHARS)
+    fig._title_lines_added = extra_lines(shown, title)  # read by the control helper (titles per variant)
+    grow = TITLE_LINE * fig._title_lines_added
+    margin["t"] += grow
+    fig.update_layout(
+        title=dict(text=shown, x=0.0, xanchor="left", font=dict(size=15), yref="paper", y=1.0, yanchor="bottom"),
         template="plotly_white",
         font=FONT,
-        height=int(height),
-        margin={**MARGIN, **(margin or {})},
+        height=int(height) + grow,
+        margin=margin,
         **more,
     )
+    pad = TITLE_PAD + (SUBPLOT_TITLES_PAD if fig.layout.annotations else 0)  # subplot titles are annotations
+    return place_title(fig, below=pad, lines=shown.count("<br>") + 1)
