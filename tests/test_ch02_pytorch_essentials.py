@@ -79,6 +79,25 @@ class AlwaysBias(Linear):
         super().__init__(i, o, True)
 
 
+class OneOverInInit(Linear):
+    def __init__(self, i, o, bias=True):
+        super().__init__(i, o, bias)
+        with torch.no_grad():
+            self.weight.uniform_(-1 / i, 1 / i)
+
+
+class RandInit(Linear):
+    def __init__(self, i, o, bias=True):
+        super().__init__(i, o, bias)
+        self.weight = nn.Parameter(torch.rand(o, i))
+
+
+class NormalInit(Linear):
+    def __init__(self, i, o, bias=True):
+        super().__init__(i, o, bias)
+        self.weight = nn.Parameter(torch.randn(o, i) / math.sqrt(i))
+
+
 def _loop(zero_grad=True, step=True, squeeze=True, optimizer="adam", lr=1e-2, steps=400):
     def fit(model, x, y):
         opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(model.parameters(), lr=lr)
@@ -102,6 +121,9 @@ BUGGY = {
     "weights drawn with torch.randn (standard deviation 1)": RandnInit,
     "the bias left out of forward": BiasIgnored,
     "a bias created even when bias=False": AlwaysBias,
+    "weights drawn in (−1/in_features, 1/in_features)": OneOverInInit,
+    "weights drawn with torch.rand (uniform in [0, 1), never negative)": RandInit,
+    "weights drawn from a normal distribution (torch.randn / √in_features)": NormalInit,
     "optimizer.step() missing (the parameters never changed)": _loop(step=False),
     "(N, 1) predictions compared with (N,) targets: the loss broadcast to (N, N)": _loop(squeeze=False),
     "optimizer.zero_grad() missing (gradients pile up from step to step)": _loop(zero_grad=False),
@@ -124,7 +146,13 @@ class KaimingLinear(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+        out = x @ self.weight.mT
+        return out if self.bias is None else out + self.bias
+
+
+class KaimingLinearFLinear(KaimingLinear):
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)  # not allowed by the statement
 
 
 class EinsumLinear(nn.Module):
@@ -147,6 +175,11 @@ def backward_einsum(x, w, g):
             g.sum(dim=tuple(range(g.dim() - 1))))
 
 
+def backward_tensordot(x, w, g):
+    lead = tuple(range(g.dim() - 1))
+    return g @ w, torch.tensordot(g, x, dims=(lead, lead)), g.sum(dim=lead)
+
+
 def backward_autograd(x, w, g):
     x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
     b = torch.zeros(w.shape[0], dtype=w.dtype, requires_grad=True)
@@ -156,6 +189,11 @@ def backward_autograd(x, w, g):
 def ce_grad_log_space(z, t):
     p = torch.exp(z - torch.logsumexp(z, -1, keepdim=True))
     return p.scatter_add(-1, t[..., None], -torch.ones_like(t[..., None], dtype=z.dtype)) / t.numel()
+
+
+def ce_grad_scatter(z, t):
+    p = torch.softmax(z, dim=-1)
+    return (p - torch.zeros_like(p).scatter(-1, t[..., None], 1.0)) / t.numel()
 
 
 def ce_grad_autograd(z, t):
@@ -175,12 +213,10 @@ def dtypes_by_running():
 
 ALTERNATIVES = {
     "Linear": [KaimingLinear, EinsumLinear],
-    "linear_backward": [backward_einsum, backward_autograd],
-    "cross_entropy_grad": [ce_grad_log_space, ce_grad_autograd],
+    "linear_backward": [backward_einsum, backward_tensordot],
+    "cross_entropy_grad": [ce_grad_log_space, ce_grad_scatter],
     "predict_dtypes": [dtypes_by_running, lambda: (torch.long, torch.float, torch.float, torch.float, torch.double)],
-    "fit": [_loop(optimizer="sgd", lr=0.1, steps=1500),
-            lambda m, x, y: training.train(m, (x, y), lambda net, b: F.mse_loss(net(b[0]).squeeze(-1), b[1]), 400,
-                                           lr=2e-2).loss[-1]],
+    "fit": [_loop(optimizer="sgd", lr=0.1, steps=1500), _loop(optimizer="adam", lr=3e-2, steps=300)],
 }
 
 
@@ -206,12 +242,28 @@ def _fit_in_place(model, x, y):
     return ch02.fit_reference(model, x, y)
 
 
+def _fit_returning_the_tensor(model, x, y):
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(400):
+        loss = F.mse_loss(model(x).squeeze(-1), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return loss
+
+
 WRONG = [
     ("Linear", DataInForward, "graph"),
     ("Linear", WrongNames, "named"),
     ("Linear", NotAModule, "nn.Module"),
+    ("Linear", KaimingLinearFLinear, "`F.linear`"),
     ("fit", _fit_in_place, "modified its input"),
     ("fit", lambda m, x, y: [ch02.fit_reference(m, x, y)], "number"),
+    ("fit", _fit_returning_the_tensor, "as a Python float"),
+    ("fit", lambda m, x, y: training.train(m, (x, y), lambda net, b: F.mse_loss(net(b[0]).squeeze(-1), b[1]), 400,
+                                           lr=2e-2).loss[-1], "`training.train`"),
+    ("linear_backward", backward_autograd, "does not allow"),
+    ("cross_entropy_grad", ce_grad_autograd, "`z.clone().requires_grad_`"),
 ]
 
 

@@ -238,7 +238,6 @@ def _explicit_decoder(x, memory, p, num_heads, self_mask=None, cross_mask=None, 
 ALTERNATIVES = {
     "layer_norm": [
         _ln_var_mean,
-        lambda x, gamma, beta, eps=1e-5: F.layer_norm(x, x.shape[-1:], gamma, beta, eps),
         lambda x, g, b, eps=1e-5: g * (x - x.mean(-1, keepdim=True))
         / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + eps) + b],
     "position_wise_ffn": [
@@ -247,9 +246,10 @@ ALTERNATIVES = {
             "...f,df->...d", torch.clamp(torch.einsum("...d,fd->...f", x, w1) + b1, min=0), w2) + b2],
     "encoder_layer": [_explicit_encoder],
     "decoder_self_mask": [
-        lambda r: r[:, None, None, :] & torch.ones(r.shape[1], r.shape[1], dtype=torch.bool).tril(),
-        lambda r: (torch.arange(r.shape[1])[None, :] <= torch.arange(r.shape[1])[:, None])
-        .logical_and(r.unsqueeze(1)).unsqueeze(1)],
+        lambda r, n_new=None: r[:, None, None, :] & torch.ones(
+            n_new or r.shape[1], r.shape[1], dtype=torch.bool).tril(r.shape[1] - (n_new or r.shape[1])),
+        lambda r, n_new=None: (torch.arange(r.shape[1])[None, :] <= torch.arange(r.shape[1])[:, None])[
+            r.shape[1] - (n_new or r.shape[1]):].logical_and(r.unsqueeze(1)).unsqueeze(1)],
     "decoder_layer": [_explicit_decoder],
     "predict_decoder_params": [lambda: 4_204_032, lambda: torch.tensor(4204032.0)],
 }
@@ -258,6 +258,10 @@ WRONG = [  # eps left out: a constant row gives NaN, and the feedback says where
     ("layer_norm",
      lambda x, g, b, eps=1e-5: g * (x - x.mean(-1, keepdim=True)) / x.std(-1, unbiased=False, keepdim=True) + b,
      "Hint: a token with equal features has variance 0: add eps *inside* the square root"),
+    # the statement's "which you may not call" is enforced
+    ("layer_norm", lambda x, gamma, beta, eps=1e-5: F.layer_norm(x, x.shape[-1:], gamma, beta, eps), "`F.layer_norm`"),
+    ("layer_norm", lambda x, gamma, beta, eps=1e-5: nn.LayerNorm(x.shape[-1], eps)(x), "`nn.LayerNorm`"),
+    ("decoder_self_mask", L.decoder_self_mask, "takes 1 positional argument but 2 were given"),  # the chapter's
 ]
 
 

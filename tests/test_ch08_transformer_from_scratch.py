@@ -208,16 +208,66 @@ def beam_with_batched_beams(model, src, beam_size, max_len, bos, eos):
     return torch.tensor(max(done or beams)[1])
 
 
+def ls_one_hot(logits, target, smoothing, ignore_index):
+    keep = target != ignore_index
+    logits, target = logits[keep], target[keep]
+    V = logits.shape[-1]
+    want = F.one_hot(target, V).to(logits.dtype) * (1 - smoothing) + smoothing / V
+    return -(want * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+def beam_heap_of_candidates(model, src, beam_size, max_len, bos, eos):
+    """The statement's reading: of all candidates keep the top beam_size; those ending in <eos> finish."""
+    import heapq
+    memory = model.encode(src)
+    live, done = [(0.0, [bos])], []
+    for _ in range(max_len):
+        cands = []
+        for score, toks in live:
+            lp = torch.log_softmax(model.decode(torch.tensor([toks]), memory)[0, -1], -1)
+            cands += [(score + v, toks + [i]) for v, i in zip(*map(torch.Tensor.tolist, lp.topk(beam_size)))]
+        best = heapq.nlargest(beam_size, cands, key=lambda c: c[0])
+        done += [c for c in best if c[1][-1] == eos]
+        live = [c for c in best if c[1][-1] != eos]
+        if not live or max((c[0] for c in done), default=-math.inf) >= live[0][0]:
+            break
+    return torch.tensor(max(done or live, key=lambda c: c[0])[1])
+
+
 ALTERNATIVES = {
     "noam_lr": [lambda s, d, w: (d ** -0.5) * (s ** -0.5 if s > w else s / w ** 1.5),
                 lambda s, d, w: math.pow(d, -0.5) * min(1 / math.sqrt(s), s * math.pow(w, -1.5))],
     "label_smoothing_loss": [
-        lambda l, t, s, i: F.cross_entropy(l, t, label_smoothing=s, ignore_index=i),
-        lambda l, t, s, i: ((1 - s) * F.nll_loss(F.log_softmax(l, -1), t, ignore_index=i)
+        ls_one_hot,
+        lambda l, t, s, i: ((1 - s) * -F.log_softmax(l, -1)[t != i].gather(-1, t[t != i, None]).mean()
                             - s * F.log_softmax(l, -1)[t != i].mean())],
     "greedy_decode": [greedy_calling_the_model],
-    "beam_search": [beam_with_batched_beams],
+    "beam_search": [beam_with_batched_beams, beam_heap_of_candidates],
 }
+
+
+def _greedy_no_early_stop(model, src, max_len, bos, eos):
+    ys = greedy_decode(model, src, max_len, bos, eos)
+    pad = torch.full((ys.shape[0], max_len + 1 - ys.shape[1]), eos)
+    return torch.cat([ys, pad], 1)  # as if the loop had run all max_len steps
+
+
+def _beam_going_on_after_eos(model, src, beam_size, max_len, bos, eos):
+    best = beam_search(model, src, beam_size, max_len, bos, eos)
+    return torch.cat([best, torch.full((2,), eos)]) if best[-1] == eos else best
+
+
+WRONG = [  # rules and shapes: what the feedback must say
+    ("noam_lr", lambda s, d, w: torch.tensor(noam_lr(s, d, w)), "the exercise asks for a Python float"),
+    ("label_smoothing_loss", lambda l, t, s, i: F.cross_entropy(l, t, label_smoothing=s, ignore_index=i),
+     "`F.cross_entropy`"),
+    ("label_smoothing_loss", lambda l, t, s, i: (1 - s) * F.nll_loss(F.log_softmax(l, -1), t, ignore_index=i)
+     - s * F.log_softmax(l, -1)[t != i].mean(), "`F.nll_loss`"),
+    ("greedy_decode", _greedy_no_early_stop, "never stopping early"),
+    ("greedy_decode", lambda m, s, n, b, e: greedy_decode(m, s, n, b, e)[:, :-1], "stops too soon"),
+    ("beam_search", _beam_going_on_after_eos, "goes on after the <eos>"),
+    ("beam_search", lambda m, s, k, n, b, e: beam_search(m, s, k, n, b, e)[:-1], "the best finished hypothesis has length"),
+]
 
 
 def test_the_harness_model_separates_beam_from_greedy():

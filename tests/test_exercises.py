@@ -8,22 +8,30 @@ For each exercise in the grader's registry (``book.grader.exercises()``):
   "Hint: <its hint>" in the feedback;
 * valid alternative solutions pass, and extra wrong variants (not in the catalogue) are rejected
   with feedback that says what is wrong;
+* every result says which exercise it graded ("graded as <id>", in its text and its HTML);
+* the rules a statement states are enforced: a call the exercise forbids (``Exercise.forbidden``)
+  is refused by name, a result of the wrong Python type (``Exercise.returns``) by its type;
 * no feedback ever contains a traceback.
 
 The chapters contribute data only, as module-level constants of their test file (``DATA`` below):
 
 * ``REFERENCES = {short name: fn}`` — a correct answer where the exercise has none (judged
-  exercises) or where the book's code needs an adapter to the exercise's signature;
+  exercises) or where the book's code needs an adapter to the exercise's signature (references are
+  trusted: the exercise's forbidden calls bind answers, not them);
 * ``BUGGY = {mistake name: fn}`` — an implementation of each mistake whose catalogue entry is a
   probe rather than code (required for every mistake of a judged exercise);
 * ``ALTERNATIVES = {short name: [fn, ...]}`` — other correct answers;
 * ``WRONG = [(short name, fn, substring the feedback must contain), ...]``.
 """
+import dataclasses
 import importlib
+import types
 
 import pytest
+import torch
 
 from book.grader import check, exercises, get_exercise
+from book.grader.core import run_check
 
 # chapter number -> the test module that holds its data
 DATA = {
@@ -85,10 +93,55 @@ def test_reference_passes(ex):
     refs = _references(ex)
     assert refs, f"{ex.id} has no reference: give one in {DATA[ex.chapter[:2]]}.REFERENCES"
     for fn in refs:
-        r = check(ex.id, fn)
+        trusted = fn is ex.reference or not ex.forbidden
+        r = check(ex.id, fn) if trusted else run_check(dataclasses.replace(ex, forbidden=()), fn)
         _no_traceback(r)
         assert r.passed, r.feedback
         assert "all public checks passed" in r.feedback
+        assert f"graded as {ex.id}" in str(r) and f"graded as <code>{ex.id}</code>" in r._repr_html_()
+
+
+# ----------------------------------------------------------------------------- stated rules are enforced
+FORBIDDING = [(ex, spec) for ex in EXERCISES for spec in ex.forbidden]
+
+
+@pytest.mark.parametrize("ex,spec", FORBIDDING, ids=[f"{ex.id}-{spec}" for ex, spec in FORBIDDING])
+def test_a_forbidden_call_is_refused_by_name(ex, spec):
+    """The exercise's own reference, with one mention of the forbidden name added, is refused."""
+    ref = ex.reference or _get(ex, "REFERENCES")[ex.name]
+    head = spec.split(".")[0]
+    namespace = {"_ref": ref, "torch": torch, "F": torch.nn.functional, "nn": torch.nn, "Tensor": torch.Tensor}
+    if head == "book":
+        importlib.import_module(spec.rsplit(".", 1)[0])
+        namespace["book"] = importlib.import_module("book")
+    code = f"def {ex.name}(*args):\n    if args is None:\n        {spec}(*args)\n    return _ref(*args)\n"
+    exec(compile(code, f"<answer to {ex.id}>", "exec"), namespace)  # noqa: S102 — no readable source: bytecode
+    r = check(ex.id, namespace[ex.name])
+    _no_traceback(r)
+    assert not r.passed and "does not allow" in r.feedback and spec.rsplit(".", 1)[-1] in r.feedback, r.feedback
+
+
+RETURNING = [ex for ex in EXERCISES if ex.returns is not None]
+
+
+@pytest.mark.parametrize("ex", RETURNING, ids=lambda e: e.id)
+def test_a_result_of_the_wrong_python_type_is_refused(ex):
+    def as_tensor(*args):
+        return torch.tensor(ex.reference(*args))
+
+    r = check(ex.id, as_tensor)
+    assert not r.passed and "the exercise asks for" in r.feedback and "torch.Tensor" in r.feedback, r.feedback
+
+
+def test_check_f_says_which_exercise_it_graded_when_names_disagree():
+    ex = next(e for e in EXERCISES if e.reference is not None and e.kind == "function")
+    other = next(e for e in EXERCISES if e is not ex and e.kind == "function")
+    graded = types.FunctionType(ex.reference.__code__, ex.reference.__globals__, ex.name,
+                                ex.reference.__defaults__, ex.reference.__closure__)
+    scope = {other.name: graded}
+    r = eval("check(f)", {"check": check}, {**scope, "f": graded})  # noqa: S307 — a caller that aliases
+    assert r.exercise == ex.id and f"graded as {ex.id}" in str(r)
+    assert f"`{other.name}`" in r.feedback, r.feedback
 
 
 ALTERNATIVES = [(ex, fn) for ex in EXERCISES for fn in _get(ex, "ALTERNATIVES").get(ex.name, [])]

@@ -37,16 +37,43 @@ def sdpa_torch_kernel(q, k, v, mask=None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), w
 
 
+def sm_shift_by_logsumexp(x, dim=-1):
+    shifted = x - x.max(dim=dim, keepdim=True).values
+    return shifted.exp().div(shifted.exp().sum(dim=dim, keepdim=True))
+
+
+def sa_linear_and_tril(x, wq, wk, wv, mask=None, causal=False):
+    if causal:
+        T = x.shape[-2]
+        tril = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        mask = tril if mask is None else mask.logical_and(tril)
+    return sdpa_einsum_big_negative(F.linear(x, wq.T), F.linear(x, wk.T), F.linear(x, wv.T), mask)
+
+
+def sa_where_positions(x, wq, wk, wv, mask=None, causal=False):
+    q, k, v = x @ wq, x @ wk, x @ wv
+    scores = q @ k.mT / math.sqrt(q.shape[-1])
+    if causal:
+        pos = torch.arange(x.shape[-2], device=x.device)
+        scores = torch.where(pos[None, :] <= pos[:, None], scores, float("-inf"))
+    if mask is not None:
+        scores = torch.where(mask, scores, float("-inf"))
+    weights = scores.softmax(-1)
+    return weights @ v, weights
+
+
 ALTERNATIVES = {
-    "softmax": [sm_torch, sm_logsumexp],
+    "softmax": [sm_logsumexp, sm_shift_by_logsumexp],
     "scaled_dot_product_attention": [sdpa_einsum_big_negative, sdpa_torch_kernel],
     "causal_mask": [lambda n: torch.tril(torch.ones(n, n)).bool(),
                     lambda n: torch.arange(n)[:, None] >= torch.arange(n)[None, :]],
     "padding_mask": [
-        lambda lengths, max_len: torch.arange(max_len).expand(len(lengths), max_len) < lengths.unsqueeze(1),
-        lambda lengths, max_len: torch.stack([torch.arange(max_len) < int(n) for n in lengths])],
-    "self_attention": [lambda x, wq, wk, wv, mask=None: sdpa_einsum_big_negative(
-        F.linear(x, wq.T), F.linear(x, wk.T), F.linear(x, wv.T), mask)],
+        lambda lengths, max_len, left=False: (lambda m: m.flip(-1) if left else m)(
+            torch.arange(max_len).expand(len(lengths), max_len) < lengths.unsqueeze(1)),
+        lambda lengths, max_len, left=False: torch.stack(
+            [(torch.arange(max_len) >= max_len - int(n)) if left else (torch.arange(max_len) < int(n))
+             for n in lengths])],
+    "self_attention": [sa_linear_and_tril, sa_where_positions],
     "predict_weight": [lambda: 0.88, lambda: torch.tensor(0.8808)],
     "predict_shapes": [lambda: (torch.Size([2, 3, 5, 32]), [2, 3, 5, 7])],
 }
@@ -64,14 +91,21 @@ def _softmax_in_place(x, dim=-1):
 
 WRONG = [  # broken submissions that no catalogued mistake describes: what the feedback must say
     ("softmax", _stub, "not implemented yet"),
-    ("softmax", lambda x, dim=-1: torch.softmax(x, dim).numpy(), "numpy"),
+    ("softmax", lambda x, dim=-1: A.softmax(x, dim).numpy(), "numpy"),
     ("scaled_dot_product_attention", lambda q, k, v, mask=None: A.scaled_dot_product_attention(q, k, v, mask)[0],
      "is a single tensor; expected a tuple of 2 values"),
-    ("softmax", lambda x, dim=-1: torch.softmax(x, dim).sum(dim), "shape"),
+    ("softmax", lambda x, dim=-1: A.softmax(x, dim).sum(dim), "shape"),
     ("causal_mask", lambda n: torch.ones(n, n).tril(), "bool"),
-    ("softmax", lambda x, dim=-1: torch.full_like(torch.softmax(x, dim), float("nan")), "NaN"),
+    ("softmax", lambda x, dim=-1: torch.full_like(x, float("nan")), "NaN"),
     ("softmax", _softmax_in_place, "modified its input"),
     ("causal_mask", lambda n: None, "expected a torch.Tensor"),
+    ("padding_mask", A.padding_mask, "takes 2 positional arguments but 3 were given"),  # the chapter's, unextended
+    ("self_attention", A.self_attention, "takes from 4 to 5 positional arguments but 6 were given"),
+    # "don't call torch.softmax" is enforced, by name, however it is reached
+    ("softmax", sm_torch, "`torch.softmax`"),
+    ("softmax", lambda x, dim=-1: x.softmax(dim), "`x.softmax`"),
+    ("softmax", F.softmax, "that is `torch.softmax` itself"),
+    ("softmax", print, "can't read the code"),
 ]
 
 

@@ -1,10 +1,9 @@
 """Graded exercises of chapter 01 — linear algebra & probability: references, seeded cases, classic mistakes."""
 from __future__ import annotations
 
-import warnings
+import math
 
 import torch
-import torch.nn.functional as F
 
 from book.attention import softmax
 from book.maths import cosine_similarity_matrix, kl_divergence, log_softmax
@@ -17,46 +16,92 @@ def _randn(gen, *shape, scale=1.0, dtype=torch.float32):
     return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
 
 
-# ----------------------------------------------------------------------------- 1. cosine similarity matrix
+# ----------------------------------------------------------------------------- 1. cosine similarities between two sets
+def cosine_similarities(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., N, d), (..., M, d) -> (..., N, M): entry (i, j) is the cosine of rows x_i and y_j;
+    y omitted: x with itself (the chapter's cosine_similarity_matrix). A zero row gives 0."""
+    if y is None:
+        return cosine_similarity_matrix(x)
+    ux = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)  # (..., N, d) unit rows
+    uy = y / y.norm(dim=-1, keepdim=True).clamp_min(1e-8)  # (..., M, d)
+    return ux @ uy.transpose(-2, -1)  # (..., N, M)
+
+
 def _cosine_cases(g):
     lengths = torch.tensor([0.1, 1.0, 3.0, 10.0, 30.0, 100.0])[:, None]  # very different row lengths
-    zero_row = _randn(g, 5, 4)
-    zero_row[2] = 0.0
+    zero_x, zero_y = _randn(g, 5, 4), _randn(g, 3, 4)
+    zero_x[2] = 0.0
+    zero_y[0] = 0.0
     return [
-        Case("4 vectors in 3-D, shape (4, 3)", (_randn(g, 4, 3),)),
-        Case("6 rows of very different lengths, shape (6, 16)", (_randn(g, 6, 16) * lengths,)),
-        Case("a batch of shape (2, 5, 8)", (_randn(g, 2, 5, 8),)),
-        Case("float64 input of shape (3, 7)", (_randn(g, 3, 7, dtype=torch.float64),)),
-        Case("a single vector, shape (1, 5)", (_randn(g, 1, 5),)),
-        Case("a row of zeros (its similarities must be 0, not NaN)", (zero_row,)),
+        Case("x (4, 3) against itself (y omitted)", (_randn(g, 4, 3),)),
+        Case("x (5, 3) against y (2, 3)", (_randn(g, 5, 3), _randn(g, 2, 3))),
+        Case("rows of very different lengths: x (6, 16) against y (4, 16)",
+             (_randn(g, 6, 16) * lengths, _randn(g, 4, 16) * lengths[1:5])),
+        Case("batches: x (2, 5, 8) against y (2, 3, 8)", (_randn(g, 2, 5, 8), _randn(g, 2, 3, 8))),
+        Case("float64, x (3, 7) against y (6, 7)", (_randn(g, 3, 7, dtype=torch.float64), _randn(g, 6, 7, dtype=torch.float64))),
+        Case("a single vector x (1, 5) against y (4, 5)", (_randn(g, 1, 5), _randn(g, 4, 5))),
+        Case("a row of zeros in x and one in y (their similarities must be 0, not NaN)", (zero_x, zero_y)),
+        Case("a batch (2, 5, 8) against itself (y omitted)", (_randn(g, 2, 5, 8),)),
     ]
+
+
+def _gram(u):
+    return u @ u.transpose(-2, -1)
 
 
 def _unit_rows(x):
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
+def _cos_variant(scale="l2", normalise="both", features=False, distance=False):
+    """Wrong recipes, for x and y alike: how rows are scaled, which sides are, which product."""
+    def unit(t):
+        return {"l2": lambda: t / t.norm(dim=-1, keepdim=True).clamp_min(1e-8),
+                "none": lambda: t,
+                "cols": lambda: t / t.norm(dim=-2, keepdim=True).clamp_min(1e-8),
+                "unclamped": lambda: t / t.norm(dim=-1, keepdim=True),
+                "l1": lambda: t / t.abs().sum(-1, keepdim=True).clamp_min(1e-8),
+                "squared": lambda: t / (t * t).sum(-1, keepdim=True).clamp_min(1e-8),
+                "global": lambda: t / t.norm().clamp_min(1e-8)}[scale]()
+
+    def cos(x, y=None):
+        y = x if y is None else y
+        ux = unit(x)
+        uy = unit(y) if normalise == "both" else y
+        out = ux.transpose(-2, -1) @ uy if features else ux @ uy.transpose(-2, -1)
+        return 1 - out if distance else out
+
+    return cos
+
+
 COSINE = Exercise(
     id=f"{CHAPTER}/cosine_similarity_matrix",
-    title="All cosine similarities at once",
-    reference=cosine_similarity_matrix,
+    title="All cosine similarities between two sets of vectors",
+    reference=cosine_similarities,
     cases=_cosine_cases,
     nan_hint="a zero vector has length 0: clamp the lengths (e.g. .clamp_min(1e-8)) before dividing",
+    forbidden=("torch.cosine_similarity", "torch.nn.CosineSimilarity"),
+    forbidden_why="build it from norms and one matrix product (compare with F.cosine_similarity outside your "
+                  "function)",
     mistakes=[
-        Mistake("dot products without normalisation (X Xᵀ)", lambda x: x @ x.transpose(-2, -1),
+        Mistake("dot products without normalisation (X Yᵀ)", _cos_variant(scale="none"),
                 "a dot product grows with the lengths of the vectors; divide every row by its length first."),
-        Mistake("only one side normalised", lambda x: _unit_rows(x) @ x.transpose(-2, -1),
-                "both vectors of each pair must have length 1: normalise the rows, then multiply the "
-                "normalised matrix by its own transpose."),
-        Mistake("normalising the columns instead of the rows",
-                lambda x: (lambda u: u @ u.transpose(-2, -1))(x / x.norm(dim=-2, keepdim=True).clamp_min(1e-8)),
+        Mistake("only one side normalised", _cos_variant(normalise="x"),
+                "both vectors of each pair must have length 1: normalise the rows of x *and* of y, then multiply."),
+        Mistake("normalising the columns instead of the rows", _cos_variant(scale="cols"),
                 "each vector is a row: take the norm over the last axis (dim=-1, keepdim=True)."),
-        Mistake("the (d, d) similarities of the features (Xᵀ X) instead of the rows",
-                lambda x: (lambda u: u.transpose(-2, -1) @ u)(_unit_rows(x)),
-                "the result has one row and one column per vector: (N, d) @ (d, N) gives (N, N)."),
-        Mistake("dividing by a length of zero (a zero row gives NaN)",
-                lambda x: (lambda u: u @ u.transpose(-2, -1))(x / x.norm(dim=-1, keepdim=True)),
+        Mistake("the (d, d) similarities of the features (Xᵀ Y) instead of the rows", _cos_variant(features=True),
+                "the result has one row per vector of x and one column per vector of y: (N, d) @ (d, M) gives (N, M)."),
+        Mistake("dividing by a length of zero (a zero row gives NaN)", _cos_variant(scale="unclamped"),
                 "a zero vector has length 0; clamp the lengths with .clamp_min(1e-8) so its similarities are 0."),
+        Mistake("rows divided by the sum of |x| (the L1 norm) instead of their length", _cos_variant(scale="l1"),
+                "the cosine needs unit vectors in the usual (Euclidean) sense: divide by sqrt(Σ x²), x.norm(dim=-1)."),
+        Mistake("rows divided by their squared length (the square root forgotten)", _cos_variant(scale="squared"),
+                "the length is the square root of Σ x²; dividing by Σ x² leaves rows of length 1/|x|."),
+        Mistake("one norm for the whole tensor instead of one per row", _cos_variant(scale="global"),
+                "every row needs its own length: x.norm(dim=-1, keepdim=True)."),
+        Mistake("the cosine distance 1 − cos instead of the similarity", _cos_variant(distance=True),
+                "return the similarity itself: 1 for a vector with itself, -1 for opposite vectors."),
     ],
 )
 
@@ -100,6 +145,8 @@ LOG_SOFTMAX = Exercise(
     rtol=1e-5,
     nan_hint="exp() of a score of 1e4 overflows and exp(-1e4) underflows to 0; "
              "compute x - logsumexp(x) with the maximum subtracted inside the exp",
+    forbidden=("torch.logsumexp", "torch.log_softmax", "torch.nn.LogSoftmax"),
+    forbidden_why="that is what you are writing: compute the log-sum-exp yourself, with the max-shift",
     mistakes=[
         Mistake("the naive log(exp(x) / Σ exp(x))", _naive_log_softmax,
                 "exp(1e4) is inf. Use log softmax(x) = x - logsumexp(x), and compute logsumexp with a max-shift."),
@@ -114,6 +161,13 @@ LOG_SOFTMAX = Exercise(
                 "use the `dim` argument for the maximum and for the sum (keepdim=True)."),
         Mistake("the softmax instead of its log", lambda x, dim=-1: softmax(x, dim),
                 "the result is log-probabilities: all <= 0, and exp() of a row sums to 1."),
+        Mistake("the sign flipped (logsumexp(x) − x)", lambda x, dim=-1: -log_softmax(x, dim),
+                "log-probabilities are <= 0: x - logsumexp(x), not the other way round."),
+        Mistake("a mean instead of a sum inside the log", lambda x, dim=-1: log_softmax(x, dim) + math.log(x.shape[dim]),
+                "the normaliser is log Σ exp(x), a sum over the slice: .sum(dim, keepdim=True), not .mean."),
+        Mistake("the maximum subtracted twice", lambda x, dim=-1: log_softmax(x, dim) - x.amax(dim=dim, keepdim=True),
+                "x - m - log Σ exp(x - m) is already the answer: the m inside the log-sum-exp and the one outside "
+                "cancel once, not twice."),
     ],
 )
 
@@ -144,6 +198,12 @@ BROADCAST = Exercise(
                 "(…, n, k) @ (k, m) gives (…, n, m): the shared dimension k disappears."),
         Mistake("(3, 1) + (4,) read as (3, 1)", lambda: ((3, 1), (2, 5, 3), (2, 8), (5, 5)),
                 "shapes are aligned from the right; every size-1 axis stretches to match: (3, 1) with (1, 4)."),
+        Mistake("(3, 1) + (4,) read as (4, 3)", lambda: ((4, 3), (2, 5, 3), (2, 8), (5, 5)),
+                "(4,) is aligned with the *last* axis: (3, 1) and (1, 4). The rows come from a, the columns from b."),
+        Mistake("x.sum(dim=1) summing the last axis", lambda: ((3, 4), (2, 5, 3), (2, 5), (5, 5)),
+                "axes count from 0: dim=1 is the middle axis of (2, 5, 8), the one of size 5."),
+        Mistake("x @ w dropping the batch axis", lambda: ((3, 4), (5, 3), (2, 8), (5, 5)),
+                "the leading axes of x are batch axes and stay: only the shared dimension 8 disappears."),
     ],
 )
 
@@ -267,9 +327,8 @@ def _kl_cases(g):
 
 
 def _kl_div_default_reduction(p, q, dim=-1):
-    with warnings.catch_warnings():  # F.kl_div warns that 'mean' is rarely what you want: that is the point
-        warnings.simplefilter("ignore")
-        return F.kl_div(q.log(), p)
+    """What F.kl_div(q.log(), p) gives with its default reduction='mean': the mean of every term."""
+    return (torch.xlogy(p, p) - torch.xlogy(p, q)).mean()
 
 
 def _naive_kl(p, q, dim=-1):
@@ -282,6 +341,8 @@ KL = Exercise(
     reference=kl_divergence,
     cases=_kl_cases,
     nan_hint="0 · log 0 must count as 0: torch.xlogy(p, p) does that, or use torch.where(p > 0, …, 0)",
+    forbidden=("torch.nn.functional.kl_div", "torch.nn.KLDivLoss"),
+    forbidden_why="write Σ p log(p / q) yourself (compare with F.kl_div outside your function)",
     mistakes=[
         Mistake("KL(q ‖ p): the two distributions swapped", lambda p, q, dim=-1: kl_divergence(q, p, dim),
                 "KL is not symmetric: Σ p log(p / q) weighs by p. (Careful: F.kl_div(input, target) wants "
@@ -294,11 +355,19 @@ KL = Exercise(
         Mistake("averaging over the outcomes instead of summing",
                 lambda p, q, dim=-1: (torch.xlogy(p, p) - torch.xlogy(p, q)).mean(dim),
                 "KL is a sum over the outcomes, weighted by p: .sum(dim), not .mean(dim)."),
-        Mistake("F.kl_div with its default reduction (one number for the whole batch)",
+        Mistake("a mean over every element (one number for the whole batch, like F.kl_div's default)",
                 _kl_div_default_reduction,
-                "return one KL per distribution: reduction='none' and then .sum(dim), or write Σ p log(p/q) yourself."),
+                "return one KL per distribution: sum the terms p log(p/q) over `dim` only."),
         Mistake("the sum over the last axis whatever `dim` says", lambda p, q, dim=-1: kl_divergence(p, q, -1),
                 "sum over the `dim` argument."),
+        Mistake("log(q / p) instead of log(p / q): the sign flipped", lambda p, q, dim=-1: -kl_divergence(p, q, dim),
+                "KL is never negative: Σ p log(p / q), with p on top inside the log."),
+        Mistake("log base 2 (bits) instead of the natural log",
+                lambda p, q, dim=-1: kl_divergence(p, q, dim) / math.log(2),
+                "use the natural logarithm (torch.log): the book measures information in nats."),
+        Mistake("the log ratio not weighted by p (Σ log(p / q))",
+                lambda p, q, dim=-1: (torch.log(p) - torch.log(q)).sum(dim),
+                "each outcome's log(p / q) is weighted by how often p produces it: Σ p · log(p / q)."),
     ],
 )
 

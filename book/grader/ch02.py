@@ -49,6 +49,7 @@ def _linear_cases(g):
         Case("Linear(3, 5)", (3, 5, True)),
         Case("Linear(8, 2, bias=False)", (8, 2, False)),
         Case("Linear(16, 6)", (16, 6, True)),
+        Case("Linear(64, 32) (enough weights to see how they are spread)", (64, 32, True)),
     ]
 
 
@@ -87,6 +88,13 @@ def _judge_linear(module, n_in, n_out, bias):
         return "some initial values lie outside (−1/√in_features, 1/√in_features): initialise as nn.Linear does"
     if w.numel() > 1 and w.std() < 0.1 * bound:
         return "the initial weights are (nearly) all equal: draw them at random so the units can differ"
+    if w.numel() >= 256:  # enough weights to estimate the spread: U(-b, b) has std b/√3, its |w| fill (0, b)
+        spread = w.std().item() / (bound / math.sqrt(3))
+        if not 0.8 < spread < 1.2 or w.abs().max() < 0.9 * bound:
+            return ("the initial weights do not fill (−1/√in_features, 1/√in_features) evenly: draw them "
+                    "uniformly over the whole range, as nn.Linear does")
+        if abs(w.mean().item()) > 0.1 * bound:
+            return "the initial weights are not centred on 0: draw them uniformly in (−1/√in, 1/√in)"
     ref = _torch_linear(n_in, n_out, bias)
     try:
         twin = convert.copied(module, ref.state_dict())
@@ -149,6 +157,34 @@ def _randn_init_probe(n_in, n_out, bias):
     return _Probe(test)
 
 
+def _weights_of(m):
+    return dict(m.named_parameters())["weight"].detach()
+
+
+def _one_over_in_probe(n_in, n_out, bias):
+    """Weights drawn in (−1/in, 1/in): √in times too narrow."""
+    def test(m):
+        w = _weights_of(m)
+        return n_in > 1 and w.abs().max() <= (1 + 1e-6) / n_in and w.std() > 0.3 / n_in / math.sqrt(3)
+
+    return _Probe(test)
+
+
+def _rand_init_probe(n_in, n_out, bias):
+    """torch.rand: uniform in [0, 1), never negative."""
+    return _Probe(lambda m: bool((_weights_of(m) >= 0).all()) and _weights_of(m).max() > 1 / math.sqrt(n_in))
+
+
+def _normal_scaled_probe(n_in, n_out, bias):
+    """torch.randn / √in: the right spread for a normal, but values beyond the uniform bound."""
+    def test(m):
+        w = _weights_of(m)
+        b = 1 / math.sqrt(n_in)
+        return w.abs().max() > b and 0.6 < w.std().item() / b < 1.6 and (w < 0).any()
+
+    return _Probe(test)
+
+
 def _bias_ignored_probe(n_in, n_out, bias):
     return _Probe(lambda m: _forward_matches(m, n_in, n_out, bias, lambda x, W, b: x @ W.T))
 
@@ -163,6 +199,8 @@ LINEAR = Exercise(
     reference=None,  # judged: parameters, initial values, then forward and gradients against nn.Linear
     cases=_linear_cases,
     judge=_judge_linear,
+    forbidden=("torch.nn.Linear", "torch.nn.functional.linear", "torch.nn.LazyLinear", "torch.nn.Bilinear"),
+    forbidden_why="store the parameters and compute x Wᵀ + b yourself",
     mistakes=[
         Mistake("weights kept as plain tensors instead of nn.Parameter", _plain_tensor_probe,
                 "a plain tensor attribute is not a parameter: model.parameters() can't see it, so no optimiser "
@@ -174,6 +212,15 @@ LINEAR = Exercise(
                 "draw them uniformly in (−1/√in_features, 1/√in_features)."),
         Mistake("weights drawn with torch.randn (standard deviation 1)", _randn_init_probe,
                 "outputs would grow like √in_features; scale them: uniform in (−1/√in_features, 1/√in_features)."),
+        Mistake("weights drawn in (−1/in_features, 1/in_features)", _one_over_in_probe,
+                "the bound is 1/√in_features, not 1/in_features: with 64 inputs that is 1/8, not 1/64, and "
+                "too small a start slows learning down."),
+        Mistake("weights drawn with torch.rand (uniform in [0, 1), never negative)", _rand_init_probe,
+                "torch.rand covers [0, 1): shift and scale it to (−b, b), e.g. (torch.rand(...) * 2 - 1) * b "
+                "with b = 1/√in_features, or use tensor.uniform_(-b, b)."),
+        Mistake("weights drawn from a normal distribution (torch.randn / √in_features)", _normal_scaled_probe,
+                "nn.Linear draws *uniformly* in (−1/√in_features, 1/√in_features): a normal sample has no "
+                "bound. Use tensor.uniform_(-b, b)."),
         Mistake("the bias left out of forward", _bias_ignored_probe,
                 "forward returns x @ self.weight.T + self.bias (when the layer has a bias)."),
         Mistake("a bias created even when bias=False", _bias_always_probe,
@@ -206,12 +253,15 @@ def _backward_cases(g):
     ]
 
 
-def _backward_variant(transpose_w_grad=False, transpose_x_grad=False, bias="sum", first_axis_only=False):
+def _backward_variant(transpose_w_grad=False, transpose_x_grad=False, bias="sum", first_axis_only=False,
+                      weight_mean=False):
     def backward(x, weight, grad_output):
         g2 = grad_output.reshape(-1, grad_output.shape[-1])  # (N, out)
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
         grad_x = grad_output @ (weight.T if transpose_x_grad else weight)
         grad_w = x2.T @ g2 if transpose_w_grad else g2.T @ x2
+        if weight_mean:
+            grad_w = grad_w / len(x2)
         grad_b = {"sum": g2.sum(0), "mean": g2.mean(0), "none": grad_output}[bias]
         if first_axis_only:
             grad_w, grad_b = grad_output.transpose(-2, -1) @ x, grad_output.sum(0)
@@ -220,12 +270,20 @@ def _backward_variant(transpose_w_grad=False, transpose_x_grad=False, bias="sum"
     return backward
 
 
+NO_AUTOGRAD = ("Tensor.backward", "torch.autograd.grad", "torch.autograd.backward", "torch.autograd.functional.jacobian",
+               "torch.autograd.functional.vjp", "torch.func.grad", "torch.func.vjp", "torch.func.jacrev",
+               "Tensor.requires_grad_")
+NO_AUTOGRAD_WHY = "derive the gradient on paper and compute it with tensor operations (autograd is what the grader compares with)"
+
+
 LINEAR_BACKWARD = Exercise(
     id=f"{CHAPTER}/linear_backward",
     title="The gradients of a linear layer, by hand",
     reference=linear_backward_reference,
     cases=_backward_cases,
     output_names=("grad_x", "grad_weight", "grad_bias"),
+    forbidden=NO_AUTOGRAD,
+    forbidden_why=NO_AUTOGRAD_WHY,
     mistakes=[
         Mistake("grad_weight transposed (xᵀ · grad_output)", _backward_variant(transpose_w_grad=True),
                 "∂L/∂W has W's shape (out, in): grad_outputᵀ @ x."),
@@ -239,6 +297,8 @@ LINEAR_BACKWARD = Exercise(
         Mistake("only the first axis treated as the batch", _backward_variant(first_axis_only=True),
                 "with x of shape (B, T, in) every (b, t) is an example: flatten the leading axes "
                 "(reshape(-1, in)) before summing."),
+        Mistake("grad_weight averaged over the examples instead of summed", _backward_variant(weight_mean=True),
+                "every example adds its own gᵀx to ∂L/∂W; any averaging is already inside grad_output."),
     ],
 )
 
@@ -265,13 +325,15 @@ def _ce_grad_cases(g):
     ]
 
 
-def _ce_variant(divide="all", sign=1, onehot=True, naive=False):
+def _ce_variant(divide="all", sign=1, onehot=True, naive=False, probs="softmax"):
     def grad(logits, targets):
         e = torch.exp(logits) if naive else None
-        p = e / e.sum(-1, keepdim=True) if naive else softmax(logits, -1)
+        p = {"softmax": lambda z: softmax(z, -1), "log_softmax": lambda z: torch.log_softmax(z, -1),
+             "sigmoid": torch.sigmoid, "softmax0": lambda z: softmax(z, 0)}[probs](logits)
+        p = e / e.sum(-1, keepdim=True) if naive else p
         y = F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
         d = sign * (p - y) if onehot else p
-        return d / {"all": targets.numel(), "none": 1, "first": targets.shape[0]}[divide]
+        return d / {"all": targets.numel(), "none": 1, "first": targets.shape[0], "classes": logits.shape[-1]}[divide]
 
     return grad
 
@@ -282,6 +344,8 @@ CE_GRAD = Exercise(
     reference=cross_entropy_grad_reference,
     cases=_ce_grad_cases,
     nan_hint="exp() of a logit of 1e3 overflows; use a stable softmax (book.attention.softmax or torch.softmax)",
+    forbidden=NO_AUTOGRAD,
+    forbidden_why=NO_AUTOGRAD_WHY,
     mistakes=[
         Mistake("the gradient of the summed loss (no division by the number of examples)", _ce_variant(divide="none"),
                 "the loss is a mean over the examples, so every example's gradient is divided by their number."),
@@ -294,6 +358,14 @@ CE_GRAD = Exercise(
                 "with targets of shape (2, 3) there are 6 examples: divide by targets.numel()."),
         Mistake("the naive softmax (exp overflows)", _ce_variant(naive=True),
                 "subtract the row maximum before exp(), or use torch.softmax."),
+        Mistake("log_softmax − one-hot instead of softmax − one-hot", _ce_variant(probs="log_softmax"),
+                "∂ logsumexp(z) / ∂z_c is softmax(z)_c, a probability — not its log."),
+        Mistake("sigmoid − one-hot instead of softmax − one-hot", _ce_variant(probs="sigmoid"),
+                "the C classes share one softmax: ∂ logsumexp(z) / ∂z_c = e^{z_c} / Σ_k e^{z_k}."),
+        Mistake("divided by the number of classes instead of the number of examples", _ce_variant(divide="classes"),
+                "the loss is a mean over the *examples*: divide by targets.numel()."),
+        Mistake("the softmax over the examples (dim=0) instead of the classes", _ce_variant(probs="softmax0"),
+                "each example has its own distribution over the C classes: softmax over dim=-1."),
     ],
 )
 
@@ -326,6 +398,13 @@ DTYPES = Exercise(
                 "a 0-dim tensor (or a Python number) of the same kind does not change a tensor's dtype."),
         Mistake("torch.from_numpy converting to float32", lambda: (_I, _F32, _F32, _F32, _F32),
                 "from_numpy shares memory with the array, so it keeps the array's dtype: float64 by default."),
+        Mistake("int32 for Python integers", lambda: (torch.int32, _F32, _F32, _F32, _F64),
+                "PyTorch's default integer type is int64 (torch.long)."),
+        Mistake("true division giving float64 (as Python floats are doubles)", lambda: (_I, _F64, _F32, _F32, _F64),
+                "the result of `/` on an integer tensor is the *default float dtype*, float32."),
+        Mistake("float16 + float32 staying float16 (the first operand's type)",
+                lambda: (_I, _F32, torch.float16, _F32, _F64),
+                "two full tensors promote to the wider type, whichever comes first: float32."),
     ],
 )
 
@@ -365,7 +444,8 @@ def _fit_cases(g):
 
 def _judge_fit(result, model, x, y):
     if isinstance(result, torch.Tensor) and result.numel() == 1:
-        result = result.item()
+        return ("fit() returned a torch.Tensor; return the final loss as a Python float: loss.item() "
+                "(a tensor would keep the whole graph of the last step alive)")
     if not isinstance(result, (int, float)) or isinstance(result, bool):
         return f"fit() returned a {type(result).__name__}; return the final loss as a number (loss.item())"
     mse = _mse(model, x, y)
@@ -435,6 +515,8 @@ FIT = Exercise(
     cases=_fit_cases,
     judge=_judge_fit,
     time_limit=15.0,  # generous for slow machines; the book's loop needs well under a second
+    forbidden=("book.training.train",),
+    forbidden_why="write the loop yourself: the optimiser, zero_grad, backward and step",
     mistakes=[
         Mistake("optimizer.step() missing (the parameters never changed)", _no_step_probe,
                 "loss.backward() only computes gradients; optimizer.step() is what changes the parameters."),

@@ -44,14 +44,16 @@ def _lstm_cases(g):
     ]
 
 
-def _lstm_variant(order="ifgo", g_act=torch.tanh, cell_tanh=True, old_c=False, bias_hh=True, swap=False):
+def _lstm_variant(order="ifgo", g_act=torch.tanh, cell_tanh=True, old_c=False, bias_hh=True, swap=False,
+                  gate_sigmoid=True, o_sigmoid=True):
     def cell(x, h, c, W_ih, W_hh, b_ih, b_hh):
         gates = F.linear(x, W_ih, b_ih) + F.linear(h, W_hh, b_hh if bias_hh else None)
         parts = dict(zip(order, gates.chunk(4, dim=-1)))
         i, f, gg, o = parts["i"], parts["f"], parts["g"], parts["o"]
-        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * g_act(gg)
+        gate = torch.sigmoid if gate_sigmoid else (lambda t: t)
+        c_new = gate(f) * c + gate(i) * g_act(gg)
         shown = c if old_c else c_new
-        h_new = torch.sigmoid(o) * (torch.tanh(shown) if cell_tanh else shown)
+        h_new = (torch.sigmoid(o) if o_sigmoid else o) * (torch.tanh(shown) if cell_tanh else shown)
         return (c_new, h_new) if swap else (h_new, c_new)
 
     return cell
@@ -78,6 +80,15 @@ LSTM_CELL = Exercise(
                 "PyTorch has two bias vectors and adds both: W_ih x + b_ih + W_hh h + b_hh."),
         Mistake("(c_new, h_new) returned in the wrong order", _lstm_variant(swap=True),
                 "return h_new first, then c_new — the order of nn.LSTMCell's (h, c)."),
+        Mistake("the input and forget gates used without their sigmoid", _lstm_variant(gate_sigmoid=False),
+                "i and f are gates: squash them with torch.sigmoid into (0, 1) before they scale anything."),
+        Mistake("the output gate used without its sigmoid", _lstm_variant(o_sigmoid=False),
+                "h_new = sigmoid(o) * tanh(c_new): o is a gate too."),
+        Mistake("TensorFlow's gate order i, g, f, o (PyTorch's is i, f, g, o)", _lstm_variant(order="igfo"),
+                "Keras/TensorFlow stack input, candidate, forget, output; PyTorch stacks input, forget, candidate, "
+                "output: the candidate is the third quarter."),
+        Mistake("the candidate g used without its tanh", _lstm_variant(g_act=lambda t: t),
+                "the candidate is a value in (-1, 1): torch.tanh(g) goes into the cell state."),
     ],
 )
 
@@ -96,12 +107,12 @@ def _gru_cases(g):
     ]
 
 
-def _gru_variant(order="rzn", reset="torch", n_act=torch.tanh, swap_z=False):
+def _gru_variant(order="rzn", reset="torch", n_act=torch.tanh, swap_z=False, z_act=torch.sigmoid, update=True):
     def cell(x, h, W_ih, W_hh, b_ih, b_hh):
         gx = dict(zip(order, F.linear(x, W_ih, b_ih).chunk(3, dim=-1)))
         gh = dict(zip(order, F.linear(h, W_hh, b_hh).chunk(3, dim=-1)))
         r = torch.sigmoid(gx["r"] + gh["r"])
-        z = torch.sigmoid(gx["z"] + gh["z"])
+        z = z_act(gx["z"] + gh["z"])
         W_hn, b_hn = W_hh.chunk(3, dim=0)[order.index("n")], b_hh.chunk(3)[order.index("n")]
         if reset == "torch":
             n = n_act(gx["n"] + r * gh["n"])
@@ -111,8 +122,12 @@ def _gru_variant(order="rzn", reset="torch", n_act=torch.tanh, swap_z=False):
             n = n_act(gx["n"] + r * F.linear(h, W_hn) + b_hn)
         elif reset == "outside":
             n = n_act(r * (gx["n"] + gh["n"]))
+        elif reset == "input":
+            n = n_act(r * gx["n"] + gh["n"])
         else:  # "none"
             n = n_act(gx["n"] + gh["n"])
+        if not update:
+            return n
         return z * n + (1 - z) * h if swap_z else (1 - z) * n + z * h
 
     return cell
@@ -140,6 +155,12 @@ GRU_CELL = Exercise(
                 "the candidate is n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): r must scale the hidden part."),
         Mistake("sigmoid and tanh swapped for the candidate n", _gru_variant(n_act=torch.sigmoid),
                 "r and z are gates (sigmoid); the candidate n is a value in (-1, 1): tanh."),
+        Mistake("the reset gate applied to the input part of the candidate", _gru_variant(reset="input"),
+                "r decides how much of the *old state* the candidate sees: it multiplies W_hn h + b_hn, not W_in x + b_in."),
+        Mistake("h_new = n (the update gate z not used)", _gru_variant(update=False),
+                "the new state mixes the candidate and the old state: (1 - z) * n + z * h."),
+        Mistake("tanh instead of sigmoid for the update gate z", _gru_variant(z_act=torch.tanh),
+                "z is a gate, a share between 0 and 1: torch.sigmoid."),
     ],
 )
 
@@ -163,21 +184,29 @@ def rnn_input_jacobians(xs, h0, W_ih, W_hh, b_ih, b_hh):
     return torch.stack(jacobians[::-1])  # (T, H, D)
 
 
-def _bptt_variant(deriv="tanh", w_hh="plain", order="left", flip=False):
+def _bptt_variant(deriv="tanh", w_hh="plain", order="left", flip=False, carry=True, early=False):
     def jac(xs, h0, W_ih, W_hh, b_ih, b_hh):
-        hs, h = [h0], h0
+        hs, pre, h = [h0], [None], h0
         for x in xs:
-            h = torch.tanh(W_ih @ x + b_ih + W_hh @ h + b_hh)
+            a = W_ih @ x + b_ih + W_hh @ h + b_hh
+            h = torch.tanh(a)
             hs.append(h)
+            pre.append(a)
         G = torch.eye(h0.numel(), dtype=xs.dtype)
         W = W_hh.T if w_hh == "transposed" else W_hh
         out = []
         for t in reversed(range(len(xs))):
-            h_t = hs[t] if deriv == "previous" else hs[t + 1]
-            d = {"tanh": 1 - h_t**2, "previous": 1 - h_t**2, "none": torch.ones_like(h_t), "linear": 1 - h_t}[deriv]
+            h_t = hs[t] if deriv == "previous" else hs[-1] if deriv == "last" else hs[t + 1]
+            d = {"tanh": 1 - h_t**2, "previous": 1 - h_t**2, "last": 1 - h_t**2, "none": torch.ones_like(h_t),
+                 "linear": 1 - h_t, "pre": 1 - pre[t + 1] ** 2}[deriv]
             D = torch.diag(d)
+            if early:  # G moved one step further back before J[t] branches off: one W_hh too many
+                G = G @ D @ W
+                out.append(G @ W_ih)
+                continue
             out.append(G @ D @ W_ih)
-            G = G @ D @ W if order == "left" else D @ W @ G
+            if carry:
+                G = G @ D @ W if order == "left" else D @ W @ G
         out = out if flip else out[::-1]
         return torch.stack(out)
 
@@ -218,6 +247,16 @@ BPTT = Exercise(
                 "matrices don't commute: going back in time, multiply the new factor on the right, G ← G · diag(1 - h_t²) · W_hh."),
         Mistake("the Jacobians returned in reverse time order", _bptt_variant(flip=True),
                 "row t of the result must be ∂h_T/∂x_t: the last one, t = T-1, is diag(1 - h_T²) W_ih."),
+        Mistake("the running product G not carried back (every J[t] as if t were the last step)",
+                _bptt_variant(carry=False),
+                "after J[t], move G one step further back: G ← G · diag(1 - h_t²) · W_hh, so that earlier inputs "
+                "pass through every later step."),
+        Mistake("G moved back before J[t] branches off (one W_hh too many)", _bptt_variant(early=True),
+                "at step t, J[t] = G · diag(1 - h_t²) · W_ih with the G of *this* step; update G afterwards."),
+        Mistake("1 − a² with the pre-activation a instead of 1 − h² (1 − tanh(a)²)", _bptt_variant(deriv="pre"),
+                "d tanh(a)/da = 1 - tanh(a)², and tanh(a_t) is the state h_t: use 1 - h_t²."),
+        Mistake("the last state's derivative used at every step", _bptt_variant(deriv="last"),
+                "each step has its own tanh: step t uses 1 - h_t², the state that step produced."),
     ],
 )
 
@@ -241,12 +280,18 @@ def _additive_cases(g):
 def _additive_variant(tanh=True, axis=-1, mask_mode="fill", naive=False, swap=False):
     def attention(query, keys, W_q, W_k, v, mask=None):
         pre = F.linear(query, W_q)[:, None, :] + F.linear(keys, W_k)
-        scores = (torch.tanh(pre) if tanh else pre) @ v
+        scores = torch.tanh(pre @ v) if tanh == "after" else (torch.tanh(pre) if tanh else pre) @ v
         if mask is not None and mask_mode == "fill":
             scores = scores.masked_fill(~mask, float("-inf"))
         if mask is not None and mask_mode == "inverted":
             scores = scores.masked_fill(mask, float("-inf"))
+        if mask is not None and mask_mode == "inverted_big":
+            scores = scores.masked_fill(mask, -1e9)
+        if mask is not None and mask_mode == "zero":
+            scores = scores.masked_fill(~mask, 0.0)
         weights = scores.exp() / scores.exp().sum(axis, keepdim=True) if naive else softmax(scores, dim=axis)
+        if mask is not None and mask_mode == "after":
+            weights = weights * mask
         context = (weights[:, :, None] * keys).sum(1)
         return (weights, context) if swap else (context, weights)
 
@@ -274,6 +319,17 @@ ADDITIVE = Exercise(
                 "big scores overflow exp(); subtract the row max first, or use torch.softmax."),
         Mistake("(weights, context) returned in the wrong order", _additive_variant(swap=True),
                 "return the context first, then the weights."),
+        Mistake("an inverted mask (True treated as 'blocked') filled with a large negative number",
+                _additive_variant(mask_mode="inverted_big"),
+                "True means 'may attend': fill where the mask is False (~mask). A finite fill such as -1e9 gives no "
+                "NaN, so the mistake only shows in the values: the weight sits on the padding."),
+        Mistake("masking with 0 instead of -inf", _additive_variant(mask_mode="zero"),
+                "a score of 0 still gets weight exp(0) > 0; use float('-inf') so padding gets weight exactly 0."),
+        Mistake("the mask applied after the softmax", _additive_variant(mask_mode="after"),
+                "zeroing weights after the softmax leaves rows that no longer sum to 1; mask the *scores* with -inf "
+                "before it."),
+        Mistake("the tanh applied after v (tanh(vᵀ(W_q q + W_k k)))", _additive_variant(tanh="after"),
+                "the tanh is the hidden layer, inside: score_j = vᵀ tanh(W_q q + W_k k_j)."),
     ],
 )
 
@@ -302,6 +358,12 @@ PREDICT_PARAMS = Exercise(
                 "the LSTM has four blocks of rows (i, f, g, o), the GRU three (r, z, n): the LSTM is bigger."),
         Mistake("counts for a single gate", lambda: (640, 640),
                 "every gate has its own rows in W_ih, W_hh and the biases: multiply by 4 (LSTM) or 3 (GRU)."),
+        Mistake("a GRU with two blocks of rows (the candidate n forgotten)", lambda: (2560, 1280),
+                "the GRU has three blocks: the gates r and z *and* the candidate n, each with its own rows."),
+        Mistake("W_hh sized like W_ih (rows × input_size)", lambda: (1760, 1320),
+                "W_hh multiplies the hidden state: it is (4H, H) for the LSTM, (3H, H) for the GRU, with H = 20."),
+        Mistake("a single gate without biases", lambda: (600, 600),
+                "count every gate (4 for the LSTM, 3 for the GRU), each with W_ih, W_hh rows and two biases."),
     ],
 )
 

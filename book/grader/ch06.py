@@ -34,7 +34,7 @@ def _pe_variant(swap=False, exponent="2i", layout="interleaved", pos_start=0, di
             angle = pos / 10000 ** (j / d_model)
             out = torch.where(j.long() % 2 == 0, torch.sin(angle), torch.cos(angle))
             return out.float()
-        power = {"2i": 2 * i / d_model, "i": i / d_model, "int": (2 * i) // d_model}[exponent]
+        power = {"2i": 2 * i / d_model, "i": i / d_model, "int": (2 * i) // d_model, "4i": 4 * i / d_model}[exponent]
         angle = pos / 10000**power if divide else pos * 10000**power
         first, second = (torch.cos(angle), torch.sin(angle)) if swap else (torch.sin(angle), torch.cos(angle))
         if layout == "concatenated":
@@ -66,6 +66,8 @@ SINUSOIDAL = Exercise(
                 "the first position is 0 (its encoding is 0, 1, 0, 1, …)."),
         Mistake("the exponent computed with integer division (2i // d_model)", _pe_variant(exponent="int"),
                 "2i // d_model is 0 for every pair; use true division 2i / d_model."),
+        Mistake("the even index doubled (2 · arange(0, d, 2), i.e. 4i/d_model)", _pe_variant(exponent="4i"),
+                "torch.arange(0, d_model, 2) already *is* 2i (0, 2, 4, …): don't multiply it by 2 again."),
     ],
 )
 
@@ -87,7 +89,7 @@ def _rope_variant(layout="pairs", direction=1, exponent="2i", swap=False, rotate
     def rope(x, positions):
         d = x.size(-1)
         i = torch.arange(d // 2, dtype=torch.float64)
-        theta = 10000.0 ** (-(2 * i if exponent == "2i" else i) / d)
+        theta = 10000.0 ** (-({"2i": 2 * i, "i": i, "4i": 4 * i}[exponent]) / d)
         angle = direction * torch.as_tensor(positions, dtype=torch.float64)[..., None] * theta
         cos, sin = angle.cos().float(), angle.sin().float()
         if swap:
@@ -126,6 +128,8 @@ ROPE = Exercise(
                 "each pair turns by the angle position · θ_i; only position 0 stays as it is."),
         Mistake("the rotated pairs returned as two halves instead of interleaved", _rope_variant(output="concatenated"),
                 "put each rotated pair back in its place: torch.stack([y1, y2], dim=-1).flatten(-2)."),
+        Mistake("the even index doubled (θ_i = base^(-4i/d))", _rope_variant(exponent="4i"),
+                "torch.arange(0, d, 2) already gives 2i = 0, 2, 4, …: θ = base ** (-arange(0, d, 2) / d)."),
     ],
 )
 
@@ -142,10 +146,11 @@ def _offset_cases(g):
     ]
 
 
-def _offset_variant(transpose=False, exponent="2i", layout="pairs"):
+def _offset_variant(transpose=False, exponent="2i", layout="pairs", angle="divide", use_k=True):
     def offset(k, d_model):
         i = torch.arange(d_model // 2, dtype=torch.float64)
-        phi = k / 10000.0 ** ((2 * i if exponent == "2i" else i) / d_model)
+        power = {"2i": 2 * i, "i": i, "4i": 4 * i}[exponent] / d_model
+        phi = (k if use_k else 1) / 10000.0**power if angle == "divide" else k * 10000.0**power
         c, s = torch.cos(phi), torch.sin(phi)
         a = torch.arange(0, d_model, 2) if layout == "pairs" else torch.arange(d_model // 2)
         b = a + 1 if layout == "pairs" else a + d_model // 2
@@ -170,6 +175,12 @@ OFFSET = Exercise(
                 "pair i turns by k · ω_i with ω_i = 1 / 10000^(2i/d_model), the encoding's frequency."),
         Mistake("pairs (i, i + d/2) instead of neighbours (2i, 2i+1)", _offset_variant(layout="halves"),
                 "the encoding interleaves sin and cos, so each 2×2 block sits on features 2i and 2i+1."),
+        Mistake("the even index doubled (the angle k/10000^(4i/d))", _offset_variant(exponent="4i"),
+                "stepping through the features with range(0, d, 2) already gives 2i: don't double it."),
+        Mistake("the angle k · 10000^(2i/d) (multiplied instead of divided)", _offset_variant(angle="multiply"),
+                "pair i turns by k · ω_i with the *frequency* ω_i = 1 / 10000^(2i/d_model): divide."),
+        Mistake("the offset k not used (every block turns by ω_i)", _offset_variant(use_k=False),
+                "moving k positions turns pair i by k · ω_i: the angle grows with k (and k = 0 is the identity)."),
     ],
 )
 
@@ -186,7 +197,7 @@ def _alibi_cases(g):
     ]
 
 
-def _alibi_variant(sign=-1.0, slopes="paper", distance="abs"):
+def _alibi_variant(sign=-1.0, slopes="paper", distance="abs"):  # distance: "abs", "signed" or "squared"
     def alibi(num_heads, n):
         h = torch.arange(1, num_heads + 1, dtype=torch.float64)
         m = {"paper": 2.0 ** (-8 * h / num_heads), "halving": 2.0 ** (-h),
@@ -194,7 +205,7 @@ def _alibi_variant(sign=-1.0, slopes="paper", distance="abs"):
              "none": torch.ones(num_heads, dtype=torch.float64)}[slopes]
         pos = torch.arange(n, dtype=torch.float64)
         rel = pos[None, :] - pos[:, None]  # j - i
-        dist = rel.abs() if distance == "abs" else -rel
+        dist = {"abs": rel.abs(), "signed": -rel, "squared": rel**2}[distance]
         return (sign * m[:, None, None] * dist).float()
 
     return alibi
@@ -220,6 +231,8 @@ ALIBI = Exercise(
                 "head 0 has the steepest slope 2^(-8/H); the last head the shallowest, 2^(-8)."),
         Mistake("no slope at all (-|i - j| in every head)", _alibi_variant(slopes="none"),
                 "each head multiplies the distance by its own slope m_h."),
+        Mistake("the squared distance -m·(i - j)²", _alibi_variant(distance="squared"),
+                "ALiBi's penalty grows *linearly* with the distance: -m_h · |i - j|."),
     ],
 )
 

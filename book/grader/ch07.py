@@ -47,7 +47,7 @@ def _layer_norm_cases(g):
 
 
 def _ln_variant(unbiased=False, eps_outside=False, fixed_eps=False, dims=(-1,), center=True,
-                affine="normal", one_pass=False):
+                affine="normal", one_pass=False, no_sqrt=False):
     def ln(x, gamma, beta, eps=1e-5):
         eps = 1e-5 if fixed_eps else eps
         dims_ = tuple(range(x.dim())) if dims == "all" else dims
@@ -59,6 +59,8 @@ def _ln_variant(unbiased=False, eps_outside=False, fixed_eps=False, dims=(-1,), 
         else:
             var = (x * x).mean(dim=dims_, keepdim=True)  # RMSNorm: mean square, no centring
         x_hat = (x - mean) / (var.sqrt() + eps) if eps_outside else (x - mean) / torch.sqrt(var + eps)
+        if no_sqrt:
+            x_hat = (x - mean) / (var + eps)
         if affine == "swapped":
             return beta * x_hat + gamma
         if affine == "none":
@@ -76,6 +78,9 @@ LAYER_NORM = Exercise(
     atol=3e-4,  # float32 rounding differs between correct formulas at a large offset
     rtol=1e-4,
     nan_hint="a token with equal features has variance 0: add eps *inside* the square root",
+    forbidden=("torch.layer_norm", "torch.nn.LayerNorm"),
+    forbidden_why="that is what you are writing: normalise with the mean and the variance yourself (x.mean, x.var "
+                  "and torch.var_mean are fine)",
     mistakes=[
         Mistake("the unbiased variance (dividing by d − 1)", _ln_variant(unbiased=True),
                 "LayerNorm divides the squared deviations by d, not d − 1: x.var(dim=-1, unbiased=False) "
@@ -96,6 +101,8 @@ LAYER_NORM = Exercise(
         Mistake("the variance computed as E[x²] − E[x]²", _ln_variant(one_pass=True),
                 "with a large common offset both terms are huge and their difference loses all precision in "
                 "float32; average the squared deviations from the mean instead."),
+        Mistake("divided by the variance instead of the standard deviation", _ln_variant(no_sqrt=True),
+                "normalise by sqrt(var + eps): the standard deviation has the units of x, the variance their square."),
     ],
 )
 
@@ -143,6 +150,15 @@ FFN = Exercise(
                 "the FFN is only the sublayer; the layer adds the residual around it."),
         Mistake("GELU instead of ReLU", _gelu_ffn,
                 "the original Transformer (and nn.TransformerEncoderLayer by default) uses ReLU: torch.relu."),
+        Mistake("w1 and w2 swapped", lambda x, w1, b1, w2, b2: F.linear(torch.relu(F.linear(x, w2, b2)), w1, b1),
+                "w1 (d_ff, d_model) widens first, w2 (d_model, d_ff) narrows back: F.linear(x, w1, b1) comes first."),
+        Mistake("b1 added after the ReLU", lambda x, w1, b1, w2, b2: F.linear(torch.relu(F.linear(x, w1)) + b1, w2, b2),
+                "the bias belongs to the linear map: max(0, x W1ᵀ + b1), the ReLU last."),
+        Mistake("tanh instead of ReLU", lambda x, w1, b1, w2, b2: F.linear(torch.tanh(F.linear(x, w1, b1)), w2, b2),
+                "the FFN's non-linearity is the ReLU, max(0, ·)."),
+        Mistake("the ReLU applied to the input instead of the hidden layer",
+                lambda x, w1, b1, w2, b2: F.linear(F.linear(torch.relu(x), w1, b1), w2, b2),
+                "the ReLU acts on the hidden layer: relu(x W1ᵀ + b1), between the two maps."),
     ],
 )
 
@@ -240,10 +256,19 @@ def _sublayers(p, num_heads):
 
 
 def _encoder_variant(res_attn=True, res_ffn=True, order="flag", use_mask=True, norms=(1, 2), outside=False,
-                     relu=True):
+                     relu=True, invert=False, ffn_res_from_input=False):
     def encoder_layer(x, p, num_heads, mask=None, norm_first=False):
         attn, ffn, norm = _sublayers(p, num_heads)
         m = mask if use_mask else None
+        if invert and m is not None:
+            m = ~m
+        if ffn_res_from_input:  # the FFN's residual taken from the layer's input instead of its own input
+            x0 = x
+            if norm_first:
+                x = x + attn("self_attn", norm(1, x), norm(1, x), m)
+                return x0 + ffn(norm(2, x), relu)
+            x = norm(1, x + attn("self_attn", x, x, m))
+            return norm(2, x0 + ffn(x, relu))
         pre = {"flag": norm_first, "inverted": not norm_first, "post": False, "pre": True}[order]
         a, b = norms
         if pre:
@@ -285,11 +310,31 @@ ENCODER_LAYER = Exercise(
                 "post-LN normalises the sum: LN(x + Sublayer(x))."),
         Mistake("the ReLU missing in the FFN", _encoder_variant(relu=False),
                 "the FFN is max(0, x W1ᵀ + b1) W2ᵀ + b2."),
+        Mistake("the mask inverted (~mask passed on)", _encoder_variant(invert=True),
+                "the mask already says True = may attend, as multi_head_attention wants it: pass it on unchanged "
+                "(PyTorch's own layers want the opposite; the grader converts for them)."),
+        Mistake("the FFN's residual taken from the layer's input", _encoder_variant(ffn_res_from_input=True),
+                "each sublayer adds its *own* input back: the FFN's residual is the output of the attention "
+                "sublayer, not the x the layer started with."),
+        Mistake("norm1 used for both sublayers", _encoder_variant(norms=(1, 1)),
+                "each sublayer has its own LayerNorm: norm1 around self-attention, norm2 around the FFN."),
     ],
 )
 
 
 # ----------------------------------------------------------------------------- 4. the decoder's combined mask
+def decoder_self_mask_for_new(is_real, n_new=None):
+    """is_real (B, T): True at real tokens among all T keys so far; the queries are the last n_new
+    positions (all T when n_new is None, the chapter's decoder_self_mask) -> (B, 1, n_new, T):
+    query i, at position T - n_new + i, may attend key j if j is real and j <= T - n_new + i."""
+    if n_new is None:
+        return decoder_self_mask(is_real)
+    T = is_real.size(-1)
+    steps = torch.arange(T, device=is_real.device)
+    not_future = steps[None, :] <= steps[T - n_new:, None]  # (n_new, T)
+    return is_real[:, None, None, :] & not_future  # (B, 1, n_new, T)
+
+
 def _mask_cases(g):
     def real(lengths, T):
         return torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
@@ -299,40 +344,73 @@ def _mask_cases(g):
         Case("lengths [1, 5], T = 5", (real([1, 5], 5),)),
         Case("one sequence without padding, T = 3", (real([3], 3),)),
         Case("lengths [6, 6, 1, 4], T = 6", (real([6, 6, 1, 4], 6),)),
+        Case("one new token (n_new = 1) after 4 cached ones, lengths [5, 3]", (real([5, 3], 5), 1)),
+        Case("n_new = 2 of T = 6, lengths [6, 4, 2]", (real([6, 4, 2], 6), 2)),
+        Case("n_new = 3 of T = 3 (every position new), lengths [3, 2]", (real([3, 2], 3), 3)),
+        Case("n_new = 4 of T = 7, lengths [7, 7]", (real([7, 7], 7), 4)),
     ]
 
 
-def _causal(is_real):
-    return causal_mask(is_real.shape[-1])
+def _mask_variant(causal="ok", padding="keys", combine="and", heads=True, invert=False, align="end", n_used=True):
+    def mask(r, n_new=None):
+        B, T = r.shape
+        n = T if (n_new is None or not n_used) else n_new
+        steps = torch.arange(T)
+        rows = steps[T - n:] if align == "end" else steps[:n]
+        back = rows[:, None] - steps[None, :]  # (n, T): how far key j lies behind query i
+        tri = {"ok": back >= 0, "upper": back <= 0, "strict": back > 0}.get(causal)
+        pad = {"keys": r[:, None, None, :], "queries": r[:, None, T - n:, None]}.get(padding)
+        if causal == "none":
+            out = pad
+        elif padding == "none":
+            out = tri if not heads else tri.expand(B, 1, n, T)
+        else:
+            out = (pad | tri) if combine == "or" else (pad & tri)
+        if not heads:
+            out = out[:, 0] if out.dim() == 4 else out
+        return ~out if invert else out
+
+    return mask
 
 
 DECODER_MASK = Exercise(
     id=f"{CHAPTER}/decoder_self_mask",
-    title="The decoder's mask: padding and causal combined",
-    reference=decoder_self_mask,
+    title="The decoder's mask: padding and causal combined, for new tokens too",
+    reference=decoder_self_mask_for_new,
     cases=_mask_cases,
     mistakes=[
-        Mistake("the causal part missing (a padding mask only)", lambda r: r[:, None, None, :],
-                "the decoder must not see the future: combine with causal_mask(T) using &."),
-        Mistake("a (T, T) causal mask only, without the padding", _causal,
-                "padding keys must be hidden too, and the result needs batch and head axes: (B, 1, T, T)."),
-        Mistake("the padding part missing (a causal mask only)",
-                lambda r: _causal(r).expand(r.shape[0], 1, r.shape[1], r.shape[1]),
+        Mistake("the causal part missing (a padding mask only)", _mask_variant(causal="none"),
+                "the decoder must not see the future: combine with a causal mask using &."),
+        Mistake("a (T, T) causal mask only, without the padding", lambda r, n_new=None: _causal(r, n_new),
+                "padding keys must be hidden too, and the result needs batch and head axes: (B, 1, n_new, T)."),
+        Mistake("the padding part missing (a causal mask only)", _mask_variant(padding="none"),
                 "a key must be real AND not in the future: include is_real[:, None, None, :]."),
-        Mistake("| (or) instead of & (and)", lambda r: r[:, None, None, :] | _causal(r),
+        Mistake("| (or) instead of & (and)", _mask_variant(combine="or"),
                 "a key may be attended only if it is real AND not in the future: use &."),
-        Mistake("the padding applied to the queries (rows) instead of the keys (columns)",
-                lambda r: r[:, None, :, None] & _causal(r),
+        Mistake("the padding applied to the queries (rows) instead of the keys (columns)", _mask_variant(padding="queries"),
                 "mask the padding *keys* (the last axis: is_real[:, None, None, :]). A padding query whose "
                 "row is all False has no key left at all, and its softmax is 0/0 = NaN."),
-        Mistake("the upper triangle (the future instead of the past)",
-                lambda r: r[:, None, None, :] & _causal(r).T,
-                "position i may attend to 0..i: on and below the diagonal."),
-        Mistake("no head axis: shape (B, T, T)", lambda r: r[:, None, :] & _causal(r),
-                "the attention scores are (B, h, T, T); a (B, T, T) mask would line B up with h. "
-                "Return (B, 1, T, T)."),
+        Mistake("the upper triangle (the future instead of the past)", _mask_variant(causal="upper"),
+                "a query may attend to its own position and the ones before it."),
+        Mistake("no head axis: shape (B, n_new, T)", _mask_variant(heads=False),
+                "the attention scores are (B, h, T_q, T_k); a mask without a head axis would line B up with h. "
+                "Return (B, 1, n_new, T)."),
+        Mistake("an inverted mask (True = blocked)", _mask_variant(invert=True), "in this book True means 'may attend'."),
+        Mistake("a causal part that excludes the diagonal", _mask_variant(causal="strict"),
+                "a token may attend to itself: keep j <= i, the diagonal included."),
+        Mistake("the new queries treated as the *first* n_new positions (the causal part aligned top-left)",
+                _mask_variant(align="start"),
+                "the new tokens are the *last* n_new positions: query i sits at position T - n_new + i, so it may "
+                "see keys 0 … T - n_new + i (tril with diagonal T - n_new)."),
+        Mistake("n_new ignored (the full (T, T) mask)", _mask_variant(n_used=False),
+                "with n_new given, only the last n_new positions are queries: the result has n_new rows."),
     ],
 )
+
+
+def _causal(is_real, n_new=None):
+    T = is_real.shape[-1]
+    return causal_mask(T)[T - (n_new or T):]
 
 
 # ----------------------------------------------------------------------------- 5. decoder layer
@@ -356,18 +434,21 @@ def _decoder_cases(g):
 
 
 def _decoder_variant(self_mask_on=True, cross_mask_on=True, cross_kv="memory", cross=True, res_cross=True,
-                     order="self-cross", norm="flag"):
+                     order="self-cross", norm="flag", invert=False, cross_params="cross_attn"):
     def decoder_layer(x, memory, p, num_heads, self_mask=None, cross_mask=None, norm_first=False):
         attn, ffn, ln = _sublayers(p, num_heads)
         sm = self_mask if self_mask_on else None
         cm = cross_mask if cross_mask_on else None
+        if invert:
+            sm = None if sm is None else ~sm
+            cm = None if cm is None else ~cm
         pre = norm_first if norm == "flag" else norm == "pre"
 
         def self_block(h):
             return attn("self_attn", h, h, sm)
 
         def cross_block(h):
-            return attn("cross_attn", h, memory if cross_kv == "memory" else h, cm)
+            return attn(cross_params, h, memory if cross_kv == "memory" else h, cm)
 
         blocks = [(self_block, 1, True), (cross_block, 2, res_cross)] if cross else [(self_block, 1, True)]
         if order == "cross-self":
@@ -408,6 +489,11 @@ DECODER_LAYER = Exercise(
                 "with norm_first=True each sublayer is x + Sublayer(LN(x))."),
         Mistake("norm_first ignored (always pre-LN)", _decoder_variant(norm="pre"),
                 "with norm_first=False each sublayer is LN(x + Sublayer(x))."),
+        Mistake("the masks inverted (~mask passed on)", _decoder_variant(invert=True),
+                "self_mask and cross_mask already say True = may attend, as multi_head_attention wants: pass them "
+                "on unchanged."),
+        Mistake("the self-attention's parameters used for the cross-attention", _decoder_variant(cross_params="self_attn"),
+                "cross-attention has its own projections: **params[\"cross_attn\"]."),
     ],
 )
 
@@ -443,6 +529,13 @@ PREDICT_PARAMS = Exercise(
                 "multi-head attention has four d_model × d_model projections: W_Q, W_K, W_V and W_O."),
         Mistake("one LayerNorm parameter vector per norm instead of two", lambda: _params() - 3 * 512,
                 "a LayerNorm has both gamma and beta."),
+        Mistake("the FFN counted with one matrix instead of two", lambda: _params() - 512 * 2048,
+                "the FFN has two linear maps: d_model → d_ff (W1, b1) and d_ff → d_model (W2, b2)."),
+        Mistake("every head counted with its own d_model × d_model projections", lambda: _params(attns=16),
+                "the heads are slices of the same four d_model × d_model matrices: the head count does not change "
+                "the number of parameters."),
+        Mistake("the FFN's biases forgotten", lambda: _params() - 2048 - 512,
+                "both FFN maps have a bias: d_ff numbers for the first, d_model for the second."),
     ],
 )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from book.decoding import beam_search, greedy_decode
 from book.grader.core import Case, Exercise, Mistake
@@ -28,6 +27,7 @@ NOAM = Exercise(
     cases=_noam_cases,
     atol=1e-12,
     rtol=1e-6,
+    returns=float,
     mistakes=[
         Mistake("steps counted from 0 (an off-by-one)", lambda s, d, w: noam_lr(s + 1, d, w),
                 "the formula is for step >= 1 as given: don't add 1 to step."),
@@ -37,6 +37,13 @@ NOAM = Exercise(
                 "the warm-up branch is step · warmup^-1.5, so the two branches meet exactly at step = warmup."),
         Mistake("the d_model^-0.5 factor missing", lambda s, d, w: min(s**-0.5, s * w**-1.5),
                 "multiply by d_model ** -0.5: wider models get smaller steps."),
+        Mistake("d_model^+0.5 instead of d_model^-0.5", lambda s, d, w: d**0.5 * min(s**-0.5, s * w**-1.5),
+                "wider models get *smaller* steps: the factor is d_model ** -0.5 (a minus sign in the exponent)."),
+        Mistake("step^+0.5 instead of step^-0.5 in the decay", lambda s, d, w: d**-0.5 * min(s**0.5, s * w**-1.5),
+                "after warm-up the rate decays like 1/√step: step ** -0.5."),
+        Mistake("the warm-up branch step / warmup instead of step · warmup^-1.5",
+                lambda s, d, w: d**-0.5 * min(s**-0.5, s / w),
+                "the rising line is step · warmup ** -1.5, so that at step = warmup it meets warmup ** -0.5."),
     ],
 )
 
@@ -70,7 +77,9 @@ def _ls_other_classes(logits, target, smoothing, ignore_index):
 
 
 def _ls_mean_over_all(logits, target, smoothing, ignore_index):
-    per = F.cross_entropy(logits, target, label_smoothing=smoothing, reduction="none")
+    log_p = torch.log_softmax(logits, -1)
+    nll = -log_p.gather(-1, target[:, None]).squeeze(-1)
+    per = (1 - smoothing) * nll + smoothing * (-log_p.mean(-1))
     per = per * (target != ignore_index)
     return per.mean()
 
@@ -83,6 +92,18 @@ def _ls_unstable(logits, target, smoothing, ignore_index):
     return loss[target != ignore_index].mean()
 
 
+def _ls_variant(axis=-1, reduce="mean", smooth="mean", ignore=True):
+    def loss_fn(logits, target, smoothing, ignore_index):
+        log_p = torch.log_softmax(logits, dim=axis)
+        nll = -log_p.gather(-1, target.clamp(min=0)[:, None]).squeeze(-1)
+        spread = -log_p.sum(-1) if smooth == "sum" else -log_p.mean(-1)
+        loss = (1 - smoothing) * nll + smoothing * spread
+        keep = target != ignore_index if ignore else torch.ones_like(target, dtype=torch.bool)
+        return loss[keep].sum() if reduce == "sum" else loss[keep].mean()
+
+    return loss_fn
+
+
 LABEL_SMOOTHING = Exercise(
     id=f"{CHAPTER}/label_smoothing_loss",
     title="Label smoothing",
@@ -91,6 +112,10 @@ LABEL_SMOOTHING = Exercise(
     atol=1e-5,
     rtol=1e-4,
     nan_hint="exp() of large logits overflows: use torch.log_softmax (it subtracts the max for you)",
+    forbidden=("torch.nn.functional.cross_entropy", "torch.nn.functional.nll_loss", "torch.nn.CrossEntropyLoss",
+               "torch.nn.NLLLoss"),
+    forbidden_why="build the smoothed cross-entropy from torch.log_softmax yourself (compare with "
+                  "F.cross_entropy outside your function)",
     mistakes=[
         Mistake("smoothing loss counted at ignored positions", _ls_unmasked_smoothing,
                 "leave out every position whose target is ignore_index — both the true-class and the smoothing term."),
@@ -101,6 +126,14 @@ LABEL_SMOOTHING = Exercise(
                 "divide by the number of positions that are not ignored, not by all of them."),
         Mistake("log(softmax) computed naively", _ls_unstable,
                 "exp() of logits in the hundreds overflows; use torch.log_softmax."),
+        Mistake("the log-softmax over the positions (dim=0) instead of the classes", _ls_variant(axis=0),
+                "each position's V logits give one distribution over the classes: log_softmax over dim=-1."),
+        Mistake("a sum over the positions instead of a mean", _ls_variant(reduce="sum"),
+                "average over the positions that are not ignored (F.cross_entropy's reduction='mean')."),
+        Mistake("ε times the sum of -log p over the classes instead of their mean", _ls_variant(smooth="sum"),
+                "ε is spread as ε/V on each class, so the smoothing term is ε · mean over the classes of -log p."),
+        Mistake("ignore_index not used (every position counted)", _ls_variant(ignore=False),
+                "leave out the positions whose target is ignore_index, from the terms and from the count."),
     ],
 )
 
@@ -152,6 +185,26 @@ def _trap_table(V):
     return t
 
 
+class PositionalMarkovModel(MarkovModel):
+    """A MarkovModel whose <eos> logit also grows with the position, as a real decoder's may depend
+    on the whole prefix: decode(tgt) must be given the whole prefix, not only its newest token."""
+
+    def __init__(self, tables: torch.Tensor, eos_ramp: float = 0.0):
+        super().__init__(tables)
+        self.eos_ramp = eos_ramp
+
+    def decode(self, tgt, memory):
+        logits = super().decode(tgt, memory)  # (B, T, V)
+        if self.eos_ramp:
+            position = torch.arange(tgt.size(1), device=logits.device, dtype=logits.dtype)  # (T,)
+            logits = logits.index_add(-1, torch.tensor([EOS], device=logits.device),
+                                      self.eos_ramp * position[None, :, None].expand(logits.size(0), -1, 1))
+        return logits
+
+    def __repr__(self):
+        return f"PositionalMarkovModel({self.tables.shape[0]} tables, vocabulary {self.tables.shape[-1]})"
+
+
 def _models(g, V=7):
     tables = torch.stack([_table(g, V, 1.0), _table(g, V, 2.5), _table(g, V, -3.0), _trap_table(V)])
     return MarkovModel(tables)
@@ -159,31 +212,47 @@ def _models(g, V=7):
 
 def _greedy_cases(g):
     model = _models(g)
+    ramped = PositionalMarkovModel(model.tables, eos_ramp=1.5)  # <eos> grows likelier with the length
     return [
         Case("a batch of 4 sources (one never produces <eos>), max_len 6",
              (model, torch.tensor([[0, 5], [1, 6], [2, 3], [3, 3]]), 6, BOS, EOS)),
         Case("a single source, max_len 10", (model, torch.tensor([[1, 4, 4]]), 10, BOS, EOS)),
-        Case("a batch where every row ends early, max_len 12", (model, torch.tensor([[1], [3], [1]]), 12, BOS, EOS)),
+        Case("a batch where every row ends early, max_len 12", (model, torch.tensor([[0], [3], [0]]), 12, BOS, EOS)),
+        Case("a model whose next token depends on the whole prefix, a batch of 3, max_len 9",
+             (ramped, torch.tensor([[1], [2], [0]]), 9, BOS, EOS)),
     ]
 
 
-def _greedy_variant(stop=True, bos_out=True, position=-1, stop_when_any=False):
+def _greedy_variant(stop=True, bos_out=True, position=-1, stop_when_any=False, early=True, newest_only=False,
+                    axis=False):
     @torch.no_grad()
     def decode(model, src, max_len, bos, eos):
         memory = model.encode(src)
         ys = torch.full((src.size(0), 1), bos, dtype=torch.long)
         done = torch.zeros(src.size(0), dtype=torch.bool)
         for _ in range(max_len):
-            nxt = model.decode(ys, memory)[:, position].argmax(-1)
+            logits = model.decode(ys[:, -1:] if newest_only else ys, memory)
+            nxt = logits.argmax(1)[:, 0] if axis else logits[:, position].argmax(-1)
             if stop:
                 nxt = torch.where(done, eos, nxt)
             ys = torch.cat([ys, nxt[:, None]], 1)
             done |= nxt == eos
-            if (done.any() if stop_when_any else done.all()):
+            if early and (done.any() if stop_when_any else done.all()):
                 break
         return ys if bos_out else ys[:, 1:]
 
     return decode
+
+
+def _explain_greedy(got, want, model, src, max_len, bos, eos):
+    if not isinstance(got, torch.Tensor) or got.dim() != 2 or got.shape[0] != want.shape[0]:
+        return None
+    if got.shape[1] > want.shape[1] and (got[:, :want.shape[1]] == want).all():
+        return (f"your result has {got.shape[1]} columns and agrees with the expected one on the first "
+                f"{want.shape[1]}: every row had produced <eos> by then — stop the loop as soon as all rows are done")
+    if got.shape[1] < want.shape[1] and (want[:, :got.shape[1]] == got).all():
+        return "your result stops too soon: generate up to max_len new tokens (and stop early only when every row is done)"
+    return None
 
 
 GREEDY = Exercise(
@@ -191,6 +260,7 @@ GREEDY = Exercise(
     title="Greedy decoding",
     reference=greedy_decode,
     cases=_greedy_cases,
+    explain=_explain_greedy,
     mistakes=[
         Mistake("not stopping at <eos> (finished rows keep generating)", _greedy_variant(stop=False),
                 "once a row has produced <eos>, keep appending <eos> to it; stop when every row is done."),
@@ -200,6 +270,15 @@ GREEDY = Exercise(
                 "the next token comes from the logits of the last position: logits[:, -1]."),
         Mistake("stopping as soon as any row finishes", _greedy_variant(stop_when_any=True),
                 "stop when *all* rows have produced <eos> (or after max_len tokens)."),
+        Mistake("never stopping early (always max_len steps)", _greedy_variant(early=False),
+                "once every row has produced <eos>, the rest would only be <eos> padding: leave the loop "
+                "(if done.all(): break)."),
+        Mistake("only the newest token fed to the model", _greedy_variant(newest_only=True),
+                "without a cache, the decoder needs the whole prefix: model.decode(ys, memory), then take the "
+                "last position's logits. (Feeding one token is what the chapter's KV cache allows — it keeps "
+                "the rest inside the model.)"),
+        Mistake("the argmax taken over the positions instead of the vocabulary", _greedy_variant(axis=True),
+                "logits are (B, T, V): take the last position, logits[:, -1], then argmax over the vocabulary (dim=-1)."),
     ],
 )
 
@@ -218,32 +297,67 @@ def _beam_greedy(model, src, beam_size, max_len, bos, eos):
     return out[: ends[0, 0] + 1] if len(ends) else out
 
 
-def _beam_variant(score_fn, stop_at_first=False):
+def _beam_variant(score_fn=lambda logits: torch.log_softmax(logits, -1), stop_at_first=False, rank=None,
+                  keep="top", extend_finished=False):
+    rank = rank or (lambda c: c[0])
+
     def search(model, src, beam_size, max_len, bos, eos):
         memory = model.encode(src)
         beams, finished = [(0.0, [bos])], []
         for _ in range(max_len):
             cands = []
             for score, toks in beams:
+                if extend_finished and toks[-1] == eos:  # a finished hypothesis treated like any other
+                    cands.append((score, toks + [eos]))
+                    continue
                 lp = score_fn(model.decode(torch.tensor([toks]), memory)[0, -1])
                 top = lp.topk(beam_size)
                 cands += [(score + v, toks + [i]) for v, i in zip(top.values.tolist(), top.indices.tolist())]
-            cands.sort(key=lambda c: c[0], reverse=True)
-            beams = []
-            for score, toks in cands:
-                (finished if toks[-1] == eos else beams).append((score, toks))
-                if len(beams) == beam_size:
+            cands.sort(key=rank, reverse=True)
+            if extend_finished:
+                beams = cands[:beam_size]
+                if all(t[-1] == eos for _, t in beams):
                     break
+                continue
+            if keep == "all_finished":  # every finished candidate set aside, ranked above the cut or not
+                finished += [c for c in cands if c[1][-1] == eos]
+                beams = [c for c in cands if c[1][-1] != eos][:beam_size]
+            else:
+                top_k = cands[:beam_size]
+                finished += [c for c in top_k if c[1][-1] == eos]
+                beams = [c for c in top_k if c[1][-1] != eos]
             if stop_at_first and finished:
                 return torch.tensor(finished[0][1])
-            if not beams or max((f[0] for f in finished), default=-math.inf) >= beams[0][0]:
+            if not beams or max((rank(f) for f in finished), default=-math.inf) >= rank(beams[0]):
                 break
-        return torch.tensor(max(finished or beams, key=lambda c: c[0])[1])
+        pool = (finished or beams) if not extend_finished else beams
+        return torch.tensor(max(pool, key=rank)[1])
 
     return search
 
 
 _beam_raw_logits = _beam_variant(lambda logits: logits)  # no log_softmax
+
+
+def _explain_beam(got, want, model, src, beam_size, max_len, bos, eos):
+    """Say what the length of the learner's hypothesis tells, when it differs from the expected one."""
+    if not isinstance(got, torch.Tensor) or got.dim() != 1 or got.numel() == 0 or got.shape == want.shape:
+        return None
+    toks = got.tolist()
+    if toks[0] != bos:
+        return "the result should start with <bos>"
+    if eos in toks[:-1]:
+        return (f"your result has length {len(toks)} and goes on after the <eos> at position {toks.index(eos)}: "
+                "a hypothesis that produced <eos> is finished — move it to the finished list and don't extend it")
+    want_done = bool(want[-1] == eos)
+    if want_done:
+        return (f"your result has length {len(toks)}; the best finished hypothesis has length {want.numel()} — did "
+                "you keep extending a hypothesis after it produced <eos>, or rank them by something other than "
+                "the total log-probability (no length normalisation)?")
+    return (f"your result has length {len(toks)}; the expected one has length {want.numel()} and is unfinished: "
+            f"within max_len = {max_len} steps no finished hypothesis made it into the top beam_size of its step. "
+            "Keep only the top beam_size candidates of each step, finished or not; a finished candidate below "
+            "them is dropped")
 
 
 BEAM = Exercise(
@@ -252,13 +366,24 @@ BEAM = Exercise(
     reference=beam_search,
     cases=_beam_cases,
     time_limit=3.0,
+    explain=_explain_beam,
     mistakes=[
         Mistake("greedy search (only the best token is kept each step)", _beam_greedy,
                 "keep the beam_size best *prefixes* at every step, scored by their total log-probability."),
         Mistake("hypotheses scored with raw logits, not log-probabilities", _beam_raw_logits,
                 "turn each step's logits into log-probabilities with torch.log_softmax before adding them up."),
-        Mistake("returning the first hypothesis that finishes", _beam_variant(lambda x: torch.log_softmax(x, -1), True),
+        Mistake("returning the first hypothesis that finishes", _beam_variant(stop_at_first=True),
                 "set finished hypotheses aside and keep searching until the best finished one beats every live one."),
+        Mistake("length-normalised scores (the mean log-probability per token)",
+                _beam_variant(rank=lambda c: c[0] / (len(c[1]) - 1)),
+                "this exercise ranks by the *total* log-probability (the sum), as the statement says; length "
+                "normalisation is a common refinement, but it changes which hypothesis wins."),
+        Mistake("finished hypotheses collected from outside the top beam_size candidates",
+                _beam_variant(keep="all_finished"),
+                "each step keeps only its top beam_size candidates overall; those among them that end in <eos> "
+                "are finished. A finished candidate ranked below them is dropped like any other."),
+        Mistake("finished hypotheses kept in the beam and extended", _beam_variant(extend_finished=True),
+                "a hypothesis that ends in <eos> is done: move it to the finished list, don't extend it."),
     ],
 )
 
