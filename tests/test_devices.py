@@ -83,10 +83,7 @@ SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
-def test_solutions_make_tensors_on_the_inputs_device(path, monkeypatch):
-    import book.grader
-
-    monkeypatch.setattr(book.grader, "check", lambda *a, **k: None)
+def test_solutions_make_tensors_on_the_inputs_device(path):
     namespace = _solution_functions(path)
     ran = 0
     for ex_id in exercises(path.stem):
