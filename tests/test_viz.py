@@ -305,3 +305,18 @@ def test_attention_views_swap_every_head_and_its_axes():
         viz.attention_views([views[0], {**views[1], "maps": {"other": torch.rand(3, 3)}}])
     with pytest.raises(ValueError):
         viz.attention_views([])
+
+
+def test_token_strip_shows_every_token_once_in_order_and_wraps_rows():
+    tokens = [f"t{i}" for i in range(23)]
+    fig = viz.token_strip_explorer({"few": ["the", "king"], "many": tokens}, label="merges", active=1)
+    text = [t for row in fig.data[0].text for t in row if t]
+    assert text == tokens and len(fig.data[0].z) == 3  # 23 tokens, 10 per row
+    z = [v for row in fig.data[0].z for v in row if v is not None]
+    assert z == [i % 2 for i in range(23)]  # neighbours differ in colour: boundaries show
+    steps = fig.layout.sliders[0].steps
+    assert [s.label for s in steps] == ["few", "many"]
+    few = steps[0].args[0]["text"][0]
+    assert [t for row in few for t in row if t] == ["the", "king"] and "2 tokens" in steps[0].args[1]["title.text"]
+    with pytest.raises(ValueError, match="no variants"):
+        viz.token_strip_explorer({})

@@ -16,6 +16,7 @@ The package is organised by kind of figure; import everything from here
   ``token_map_explorer``, ``query_explorer``, ``attention_grid``, ``attention_views``.
 - ``matrices``: heatmaps of numbers — ``similarity_heatmap``, ``matrix_explorer``,
   ``log_heatmap_explorer``.
+- ``tokens``: how a text splits into tokens — ``token_strip_explorer``.
 - ``charts``: line, bar and scatter charts — ``line_plot``, ``bar_chart``, ``labeled_scatter``,
   ``linear_map_explorer``.
 """
@@ -23,6 +24,7 @@ from book.viz.attention import (attention_explorer, attention_grid, attention_he
                                 query_explorer, token_map_explorer)
 from book.viz.charts import bar_chart, labeled_scatter, line_plot, linear_map_explorer
 from book.viz.controls import add_variant_control
+from book.viz.tokens import token_strip_explorer
 from book.viz.matrices import log_heatmap_explorer, matrix_explorer, similarity_heatmap
 from book.viz.style import (COLORSCALE, FONT, MASK_COLORSCALE, PLOT_CONFIG, SITE_RENDERER,
                             use_site_renderer)
@@ -34,4 +36,5 @@ __all__ = [
     "token_map_explorer",
     "log_heatmap_explorer", "matrix_explorer", "similarity_heatmap",
     "bar_chart", "labeled_scatter", "line_plot", "linear_map_explorer",
+    "token_strip_explorer",
 ]
