@@ -94,3 +94,16 @@ def test_solutions_make_tensors_on_the_inputs_device(path):
         for case in ex.cases(torch.Generator().manual_seed(0)):
             ran += _run_on_meta(fn, case.args, f"{ex_id} on {case.name}") == "ok"
     print(path.stem, "cases run on meta:", ran)
+
+
+def test_bert_encoder_and_mean_pool_run_on_the_inputs_device():
+    """Chapter 09's encoder makes its position ids and default token types on the input's device."""
+    from book import pretrained
+
+    cfg = pretrained.BertConfig(vocab_size=50, max_len=16, d_model=24, num_heads=4, d_ff=48, num_layers=2)
+    model = pretrained.BertEncoder(cfg).to("meta")
+    ids = torch.zeros(2, 7, dtype=torch.long, device="meta")
+    mask = torch.ones(2, 7, dtype=torch.long, device="meta")
+    out = model(ids, mask)
+    assert out.device.type == "meta" and out.shape == (2, 7, 24)
+    assert pretrained.mean_pool(out, mask).shape == (2, 24)

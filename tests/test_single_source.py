@@ -31,6 +31,8 @@ TAUGHT_IN_FULL = {
     "book.multihead": {"functions", "MultiHeadAttention"},
     "book.positional": {"functions", "SinusoidalPositionalEncoding", "LearnedPositionalEmbedding"},
     "book.layers": {"functions", "TokenEmbedding", "LayerNorm", "FeedForward", "EncoderLayer", "DecoderLayer"},
+    "book.bpe": {"functions", "classes"},
+    "book.pretrained": {"BertConfig", "BertEmbeddings", "BertEncoder"},
 }
 
 
@@ -126,3 +128,32 @@ def test_module_is_taught_in_full(module_name):
         required |= _public(module, inspect.isclass)
     shown = {name for _, m, name, _ in SHOWN if m == module_name}
     assert required <= shown, f"{module_name}: not shown in any chapter: {sorted(required - shown)}"
+
+
+# ----------------------------------------------------------------------------- exercises are not retyping
+def _defined_in_chapters_up_to(number):
+    """name -> chapter, for every top-level function or class a chapter up to `number` defines."""
+    found = {}
+    for chapter, _, source in _code_cells():
+        if chapter[:2] <= number:
+            try:
+                body = ast.parse(source).body
+            except SyntaxError:  # cells with IPython magics
+                continue
+            for node in body:
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    found.setdefault(node.name, chapter)
+    return found
+
+
+@pytest.mark.parametrize("exercise_id", exercises())
+def test_no_exercise_asks_for_code_a_chapter_prints(exercise_id):
+    """An exercise whose answer a chapter (its own or an earlier one) prints is retyping, not an exercise."""
+    from book.grader import get_exercise
+    ex = get_exercise(exercise_id)
+    if ex.kind != "function":
+        return
+    shown = _defined_in_chapters_up_to(ex.chapter[:2])
+    assert ex.name not in shown, (
+        f"{exercise_id} asks for `{ex.name}`, which {shown.get(ex.name)} prints in full: make the learner "
+        "derive, extend, debug or predict instead")
