@@ -81,6 +81,6 @@ def test_solutions_pass_and_stubs_fail_from_the_terminal(sol, ex):
 
 def test_grader_cli_lists_and_handles_bad_paths():
     out = subprocess.run([sys.executable, "-m", "book.grader", "--list"], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0 and "04_self_attention/softmax" in out.stdout
+    assert out.returncode == 0 and "04_self_attention/prefix_lm_mask" in out.stdout
     out = subprocess.run([sys.executable, "-m", "book.grader", "nope.ipynb"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 1 and "no such file" in out.stdout

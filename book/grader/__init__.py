@@ -1,4 +1,5 @@
-"""The book's grader: ``check("04_self_attention/softmax", softmax)`` or simply ``check(softmax)``.
+"""The book's grader: ``check("04_self_attention/prefix_lm_mask", prefix_lm_mask)`` or simply
+``check(prefix_lm_mask)``.
 
 ``check`` never raises: it returns a ``Result`` (``.passed``, ``.feedback``) that shows as a coloured
 box in a notebook. ``exercises()`` lists the ids, ``progress()`` shows what you have passed so far

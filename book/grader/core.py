@@ -44,7 +44,7 @@ class Mistake:
 
 @dataclass
 class Exercise:
-    id: str  # "04_self_attention/softmax"
+    id: str  # "04_self_attention/prefix_lm_mask"
     title: str
     reference: Callable
     cases: Callable[[torch.Generator], list[Case]]  # seeded input generator
