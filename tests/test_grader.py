@@ -118,3 +118,20 @@ def test_exercise_ids_and_progress(tmp_path, monkeypatch):
     # a later failure does not take away a pass already earned
     check("streaming_attention", lambda q, kv_blocks: q)
     assert {r[0]: r for r in progress().rows}["04_self_attention/streaming_attention"][1] is True
+
+
+def test_a_pytorch_not_implemented_error_is_not_mistaken_for_the_stub():
+    """torch raises NotImplementedError for some dtype combinations: that is a bug to report, not a stub."""
+    from book.grader import get_exercise
+
+    ex_id = next(i for i in exercises() if get_exercise(i).kind == "function")
+
+    def stub(*args):
+        raise NotImplementedError("your code here")
+
+    def dtype_bug(*args):
+        return torch.tensor([1.5]) | torch.tensor([True])  # float | bool: not implemented in torch
+
+    assert "not implemented yet" in check(ex_id, stub).feedback
+    fb = check(ex_id, dtype_bug).feedback
+    assert "not implemented yet" not in fb and "dtypes" in fb

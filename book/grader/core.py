@@ -571,8 +571,13 @@ def _run_check(ex: Exercise, fn, seed: int = 0) -> Result:
         try:
             _seed_for(case)
             got = call_with_timeout(fn, inputs, ex.time_limit)
-        except NotImplementedError:
-            return fail("not implemented yet: replace the `raise NotImplementedError` with your code", n=n - 1)
+        except NotImplementedError as e:
+            if str(e) in ("", "your code here"):  # the stub's own raise (or a bare one)
+                return fail("not implemented yet: replace the `raise NotImplementedError` with your code", n=n - 1)
+            # PyTorch raises NotImplementedError for operations a dtype does not support
+            return fail(f"your function raised NotImplementedError: {str(e).splitlines()[0]}"
+                        f"{_where_in_learner_code(e, fn)} on {case.name} (PyTorch does not support this "
+                        "operation for these dtypes: check the dtypes you combine)", n=n - 1)
         except _Timeout:
             return fail(f"your function took longer than {ex.time_limit:g} s on {case.name} "
                         "(an infinite loop, or a Python loop over every element?)", n=n - 1)
