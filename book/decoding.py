@@ -1,8 +1,11 @@
-"""Decoding a trained encoder–decoder — chapter 08: greedy search and beam search.
+"""Decoding — chapter 08: greedy search and beam search for an encoder–decoder; chapter 10:
+sampling from a decoder-only model (``generate``, with temperature, top-k and top-p).
 
-Both work with any model that has ``encode(src) -> memory`` and ``decode(tgt, memory) -> logits``
-(B, T, V), as ``book.transformer.Transformer`` does. The memory is a tuple of tensors whose first
-dimension is the batch.
+``greedy_decode`` and ``beam_search`` work with any model that has ``encode(src) -> memory`` and
+``decode(tgt, memory) -> logits`` (B, T, V), as ``book.transformer.Transformer`` does (the memory
+is a tuple of tensors whose first dimension is the batch). ``generate`` works with any model
+called as ``model(ids) -> logits (B, T, V)`` — and, for ``use_cache``, ``model(ids, cache)`` with
+``model.new_cache()`` — as ``book.gpt.GPT`` is.
 """
 from __future__ import annotations
 
@@ -67,3 +70,63 @@ def beam_search(model, src, beam_size: int, max_len: int, bos: int, eos: int):
             break
     best = max(finished or beams, key=lambda c: c[0])
     return torch.tensor(best[1], device=src.device)
+
+
+# ----------------------------------------------------------------------------- sampling (chapter 10)
+def top_k_filter(logits, k: int | None):
+    """(..., V) -> the logits with all but the k largest set to -inf (ties with the k-th are kept)."""
+    if k is None or k >= logits.size(-1):
+        return logits
+    if k < 1:
+        raise ValueError(f"top_k must be >= 1, got {k}")
+    kth = logits.topk(k, dim=-1).values[..., -1:]  # (..., 1): the k-th largest logit
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits, p: float | None):
+    """(..., V) -> nucleus filtering: keep the most likely tokens whose probabilities add up to p.
+
+    A token is kept if the tokens more likely than it add up to less than p, so the most likely
+    token always stays; p = 1 keeps everything.
+    """
+    if p is None or p >= 1.0:
+        return logits
+    if not 0.0 < p:
+        raise ValueError(f"top_p must be in (0, 1], got {p}")
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (..., V)
+    probs = sorted_logits.softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # (..., V): probability of the tokens ranked above
+    drop_sorted = before >= p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def next_token(logits, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               generator: torch.Generator | None = None):
+    """(B, V) logits of the last position -> (B,) token ids; temperature 0 picks the most likely."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, use_cache: bool = True, generator: torch.Generator | None = None):
+    """Continue ``input_ids`` (B, T) by ``max_new_tokens`` sampled tokens -> (B, T + max_new_tokens).
+
+    temperature=0 is greedy decoding; top_k / top_p restrict sampling to the most likely tokens.
+    With ``use_cache`` the prompt is read once and each step feeds only the newest token. Pass a
+    ``generator`` (on the model's device) for reproducible samples.
+    """
+    model.eval()
+    cache = model.new_cache() if use_cache and hasattr(model, "new_cache") else None
+    ids, fresh = input_ids, input_ids  # fresh: the tokens the model has not read yet
+    for _ in range(max_new_tokens):
+        logits = model(fresh, cache)[:, -1] if cache is not None else model(ids)[:, -1]  # (B, V)
+        token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        ids = torch.cat([ids, token[:, None]], dim=1)  # (B, t + 1)
+        fresh = token[:, None]
+    return ids

@@ -107,3 +107,15 @@ def test_bert_encoder_and_mean_pool_run_on_the_inputs_device():
     out = model(ids, mask)
     assert out.device.type == "meta" and out.shape == (2, 7, 24)
     assert pretrained.mean_pool(out, mask).shape == (2, 24)
+
+
+def test_gpt_and_greedy_generation_run_on_the_inputs_device():
+    """Chapter 10's GPT builds its positions and causal masks on the input's device, cache or not."""
+    from book.decoding import generate
+    from book.gpt import GPT, GPTConfig
+
+    for positions in ("learned", "rope"):
+        model = GPT(GPTConfig(vocab_size=20, max_len=16, d_model=16, num_heads=2, d_ff=32,
+                              positions=positions)).to("meta")
+        out = generate(model, torch.zeros(2, 3, dtype=torch.long, device="meta"), 4, temperature=0)
+        assert out.device.type == "meta" and out.shape == (2, 7)

@@ -1,0 +1,91 @@
+"""Chapter 10's library (written ahead of the chapter): the decoder-only GPT and ``decoding.generate``."""
+import pytest
+import torch
+
+from book.decoding import generate, next_token, top_k_filter, top_p_filter
+from book.gpt import GPT, GPTConfig
+
+INF = float("-inf")
+
+
+def _model(positions="learned", seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=31, max_len=48, d_model=32, num_heads=4, d_ff=64, positions=positions)).eval()
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_cached_decoding_gives_the_same_logits_and_tokens(positions):
+    model = _model(positions)
+    prompt = torch.randint(0, 31, (3, 6), generator=torch.Generator().manual_seed(1))
+    with_cache = generate(model, prompt, 20, temperature=0, use_cache=True)
+    without = generate(model, prompt, 20, temperature=0, use_cache=False)
+    assert with_cache.shape == (3, 26) and torch.equal(with_cache, without)
+    assert torch.equal(with_cache[:, :6], prompt)
+    cache = model.new_cache()
+    with torch.no_grad():
+        full = model(with_cache[:, :-1])  # (3, 25, V) in one pass
+        steps = [model(with_cache[:, :6], cache)] + [model(with_cache[:, t:t + 1], cache) for t in range(6, 25)]
+    assert (torch.cat(steps, dim=1) - full).abs().max() <= 1e-5
+
+
+def test_the_model_is_causal():
+    model = _model()
+    x = torch.randint(0, 31, (1, 10))
+    y = x.clone()
+    y[0, 7] = (y[0, 7] + 1) % 31  # change a later token
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6) and not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_too_long_a_context_is_refused_and_bad_configs_too():
+    model = _model()
+    with pytest.raises(ValueError, match="longer than max_len=48"):
+        model(torch.zeros(1, 49, dtype=torch.long))
+    with pytest.raises(ValueError, match="positions"):
+        GPTConfig(vocab_size=5, positions="sinusoidal")
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(vocab_size=5, d_model=30, num_heads=4)
+
+
+def test_output_projection_is_tied_to_the_embedding():
+    model = _model()
+    assert model.head.weight is model.tokens.weight
+
+
+def test_top_k_keeps_the_k_largest_and_their_ties():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 3.0, 0.0]])
+    assert torch.equal(top_k_filter(logits, 2), torch.tensor([[INF, 3.0, INF, 3.0, INF]]))
+    assert torch.equal(top_k_filter(logits, 3), torch.tensor([[INF, 3.0, 2.0, 3.0, INF]]))
+    assert torch.equal(top_k_filter(logits, None), logits) and torch.equal(top_k_filter(logits, 9), logits)
+    with pytest.raises(ValueError):
+        top_k_filter(logits, 0)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p_and_at_least_one_token():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    kept = lambda p: torch.isfinite(top_p_filter(logits, p)).squeeze(0).tolist()  # noqa: E731
+    assert kept(0.5) == [True, False, False, False]
+    assert kept(0.6) == [True, True, False, False]
+    assert kept(0.9) == [True, True, True, False]
+    assert kept(1.0) == [True] * 4
+    assert kept(1e-6) == [True, False, False, False]  # the most likely token always stays
+    shuffled = logits[:, [2, 0, 3, 1]]  # order in the vocabulary does not matter
+    assert torch.isfinite(top_p_filter(shuffled, 0.6)).squeeze(0).tolist() == [False, True, False, True]
+
+
+def test_sampling_is_reproducible_and_temperature_zero_is_greedy():
+    logits = torch.tensor([[0.0, 2.0, 1.0]])
+    assert next_token(logits, temperature=0).item() == 1
+    draws = lambda seed: [next_token(logits, generator=torch.Generator().manual_seed(seed)).item()  # noqa: E731
+                          for _ in range(1)]
+    assert draws(3) == draws(3)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(torch.stack([next_token(logits, generator=g) for _ in range(3000)]).squeeze(-1),
+                            minlength=3).float() / 3000
+    assert torch.allclose(counts, logits.softmax(-1)[0], atol=0.03)
+    only_top = {next_token(logits, top_k=1, generator=g).item() for _ in range(50)}
+    assert only_top == {1}
+    with pytest.raises(ValueError):
+        next_token(logits, temperature=-1)
