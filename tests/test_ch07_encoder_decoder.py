@@ -187,7 +187,47 @@ def _module_decoder_layer(x, memory, p, num_heads, self_mask=None, cross_mask=No
 
 
 # the exercises' references are PyTorch's layers; the book's own layers must pass them too
-REFERENCES = {"encoder_layer": _module_encoder_layer, "decoder_layer": _module_decoder_layer}
+def _autograd_layer_norm_backward(x, gamma, grad_out, eps=1e-5):
+    """PyTorch's autograd through F.layer_norm (a reference; an answer may not use autograd)."""
+    x = x.detach().clone().requires_grad_(True)
+    gamma = gamma.detach().clone().requires_grad_(True)
+    beta = torch.zeros_like(gamma, requires_grad=True)
+    y = F.layer_norm(x, x.shape[-1:], gamma, beta, eps)
+    return torch.autograd.grad(y, (x, gamma, beta), grad_out)
+
+
+def _modules_gated_sublayer(x, norm_weight, w_gate, w1, w2, eps=1e-6):
+    """x + GatedFeedForward(RMSNorm(x)) with the chapter's modules (a reference; not allowed in an answer)."""
+    norm, ffn = L.RMSNorm(x.shape[-1], eps=eps), L.GatedFeedForward(x.shape[-1], w1.shape[0], bias=False)
+    with torch.no_grad():
+        norm.weight.copy_(norm_weight)
+        ffn.gate.weight.copy_(w_gate)
+        ffn.linear1.weight.copy_(w1)
+        ffn.linear2.weight.copy_(w2)
+        return x + ffn(norm(x))
+
+
+def _packed_loops(doc_ids):
+    """The rule written out token by token: a reference for the vectorised one."""
+    B, T = doc_ids.shape
+    mask = torch.zeros(B, 1, T, T, dtype=torch.bool)
+    positions = torch.zeros(B, T, dtype=torch.long)
+    for b in range(B):
+        for i in range(T):
+            start = i
+            while start > 0 and doc_ids[b, start - 1] == doc_ids[b, i]:
+                start -= 1
+            mask[b, 0, i, start:i + 1] = True
+            positions[b, i] = i - start
+    return mask, positions
+
+
+REFERENCES = {"encoder_layer": _module_encoder_layer, "decoder_layer": _module_decoder_layer,
+              "layer_norm_backward": _autograd_layer_norm_backward,
+              "gated_ffn_sublayer": _modules_gated_sublayer,
+              "packed_causal_mask": _packed_loops}
+
+
 
 
 def _fused_mha(q_in, kv_in, a, num_heads, mask):
@@ -235,33 +275,137 @@ def _explicit_decoder(x, memory, p, num_heads, self_mask=None, cross_mask=None, 
     return x
 
 
+# 1. LayerNorm's backward pass: the explicit Jacobian per token, and the σ³ form of the textbooks
+def _lnb_jacobian(x, gamma, grad_out, eps=1e-5):
+    d = x.shape[-1]
+    var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
+    inv = (var + eps).rsqrt()
+    x_hat = (x - mean) * inv
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    # ∂x̂_i/∂x_j = (δ_ij − 1/d − x̂_i x̂_j / d) / s, one (d, d) matrix per token
+    jac = (eye - 1.0 / d - x_hat.unsqueeze(-1) * x_hat.unsqueeze(-2) / d) * inv.unsqueeze(-1)
+    grad_x = torch.einsum("...i,...ij->...j", grad_out * gamma, jac)
+    flat = grad_out.reshape(-1, d)
+    return grad_x, (flat * x_hat.reshape(-1, d)).sum(0), flat.sum(0)
+
+
+def _lnb_sigma_cubed(x, gamma, grad_out, eps=1e-5):
+    d = x.shape[-1]
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    g = grad_out * gamma
+    d_var = (g * (x - mu)).sum(-1, keepdim=True) * -0.5 * (var + eps) ** -1.5
+    d_mu = -g.sum(-1, keepdim=True) / torch.sqrt(var + eps)  # the d_var · ∂σ²/∂μ part is 0
+    grad_x = g / torch.sqrt(var + eps) + d_var * 2 * (x - mu) / d + d_mu / d
+    x_hat = (x - mu) / torch.sqrt(var + eps)
+    lead = tuple(range(x.dim() - 1))
+    sums = (lambda t: t.sum(dim=lead)) if lead else (lambda t: t)
+    return grad_x, sums(grad_out * x_hat), sums(grad_out)
+
+
+# 2. the fixed sublayer, written differently from the solution
+def _gated_fixed(x, norm_weight, w_gate, w1, w2, eps=1e-6):
+    h = x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * norm_weight
+    z = torch.einsum("...d,fd->...f", h, w_gate)
+    hidden = z * torch.sigmoid(z) * torch.einsum("...d,fd->...f", h, w1)
+    return x + torch.einsum("...f,df->...d", hidden, w2)
+
+
+def _gated_given_fixed(x, norm_weight, w_gate, w1, w2, eps=1e-6):
+    """The notebook's buggy function with its three lines fixed."""
+    rms = (x.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()
+    h = x / rms * norm_weight
+    hidden = F.silu(F.linear(h, w_gate)) * F.linear(h, w1)
+    return x + F.linear(hidden, w2)
+
+
+# 4. the packed mask: a block-diagonal tril, positions from each document's first index
+def _packed_starts(doc_ids):
+    B, T = doc_ids.shape
+    steps = torch.arange(T, device=doc_ids.device)
+    new_doc = torch.ones_like(doc_ids, dtype=torch.bool)
+    new_doc[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    start = torch.where(new_doc, steps, torch.zeros_like(steps)).cummax(dim=-1).values  # (B, T)
+    mask = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril() & (
+        doc_ids.unsqueeze(-1) == doc_ids.unsqueeze(-2))
+    return mask.unsqueeze(1), steps - start
+
+
+# packed_causal_mask has a judge (positions must be integers), but its catalogue is real code, not probes
+BUGGY = {m.name: m.fn for m in ch07.PACKED_MASK.mistakes}
+
 ALTERNATIVES = {
-    "layer_norm": [
-        _ln_var_mean,
-        lambda x, g, b, eps=1e-5: g * (x - x.mean(-1, keepdim=True))
-        / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + eps) + b],
-    "position_wise_ffn": [
-        lambda x, w1, b1, w2, b2: F.linear(F.relu(F.linear(x, w1, b1)), w2, b2),
-        lambda x, w1, b1, w2, b2: torch.einsum(
-            "...f,df->...d", torch.clamp(torch.einsum("...d,fd->...f", x, w1) + b1, min=0), w2) + b2],
+    "layer_norm_backward": [_lnb_jacobian, _lnb_sigma_cubed],
+    "gated_ffn_sublayer": [_gated_fixed, _gated_given_fixed],
     "encoder_layer": [_explicit_encoder],
-    "decoder_self_mask": [
-        lambda r, n_new=None: r[:, None, None, :] & torch.ones(
-            n_new or r.shape[1], r.shape[1], dtype=torch.bool).tril(r.shape[1] - (n_new or r.shape[1])),
-        lambda r, n_new=None: (torch.arange(r.shape[1])[None, :] <= torch.arange(r.shape[1])[:, None])[
-            r.shape[1] - (n_new or r.shape[1]):].logical_and(r.unsqueeze(1)).unsqueeze(1)],
+    "packed_causal_mask": [_packed_starts],
     "decoder_layer": [_explicit_decoder],
     "predict_decoder_params": [lambda: 4_204_032, lambda: torch.tensor(4204032.0)],
 }
 
-WRONG = [  # eps left out: a constant row gives NaN, and the feedback says where eps belongs
-    ("layer_norm",
-     lambda x, g, b, eps=1e-5: g * (x - x.mean(-1, keepdim=True)) / x.std(-1, unbiased=False, keepdim=True) + b,
-     "Hint: a token with equal features has variance 0: add eps *inside* the square root"),
-    # the statement's "which you may not call" is enforced
-    ("layer_norm", lambda x, gamma, beta, eps=1e-5: F.layer_norm(x, x.shape[-1:], gamma, beta, eps), "`F.layer_norm`"),
-    ("layer_norm", lambda x, gamma, beta, eps=1e-5: nn.LayerNorm(x.shape[-1], eps)(x), "`nn.LayerNorm`"),
-    ("decoder_self_mask", L.decoder_self_mask, "takes 1 positional argument but 2 were given"),  # the chapter's
+
+def _lnb_uses_backward(x, gamma, grad_out, eps=1e-5):
+    x = x.detach().clone().requires_grad_(True)
+    gamma = gamma.detach().clone().requires_grad_(True)
+    y = L.layer_norm(x, gamma, torch.zeros_like(gamma))
+    y.backward(grad_out)
+    return x.grad, gamma.grad, grad_out.reshape(-1, x.shape[-1]).sum(0)
+
+
+def _lnb_gamma_per_token(x, gamma, grad_out, eps=1e-5):
+    grad_x, _, grad_beta = ch07.layer_norm_backward(x, gamma, grad_out, eps)
+    x_hat = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, correction=0, keepdim=True) + eps)
+    return grad_x, grad_out * x_hat, grad_beta  # not summed over the tokens
+
+
+def _lnb_two_slips(x, gamma, grad_out, eps=1e-5):
+    """μ, σ treated as constants AND γ left out: not catalogued as such; the property still speaks."""
+    _, grad_gamma, grad_beta = ch07.layer_norm_backward(x, gamma, grad_out, eps)
+    return grad_out / torch.sqrt(x.var(-1, correction=0, keepdim=True) + eps), grad_gamma, grad_beta
+
+
+def _gated_uses_rms_norm(x, norm_weight, w_gate, w1, w2, eps=1e-6):
+    h = F.rms_norm(x, x.shape[-1:], norm_weight, eps)
+    return x + F.linear(F.silu(F.linear(h, w_gate)) * F.linear(h, w1), w2)
+
+
+def _gated_in_place(x, norm_weight, w_gate, w1, w2, eps=1e-6):
+    out = ch07.gated_ffn_sublayer(x, norm_weight, w_gate, w1, w2, eps)
+    x /= torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # normalises the caller's tensor
+    return out
+
+
+def _packed_float_positions(doc_ids):
+    mask, positions = ch07.packed_causal_mask(doc_ids)
+    return mask, positions.float()
+
+
+def _packed_not_equal(doc_ids):
+    T = doc_ids.shape[-1]
+    other = doc_ids[:, :, None] != doc_ids[:, None, :]  # the documents' rule the wrong way round
+    mask = other & torch.ones(T, T, dtype=torch.bool).tril()
+    return mask[:, None], ch07.packed_causal_mask(doc_ids)[1]
+
+
+def _packed_long_mask(doc_ids):
+    mask, positions = ch07.packed_causal_mask(doc_ids)
+    return mask.long(), positions
+
+
+WRONG = [
+    # rules the statements state are enforced, by name
+    ("layer_norm_backward", _autograd_layer_norm_backward, "`torch.autograd.grad`"),
+    ("layer_norm_backward", _lnb_uses_backward, "`y.backward`"),
+    ("gated_ffn_sublayer", _modules_gated_sublayer, "`L.RMSNorm`"),
+    ("gated_ffn_sublayer", _gated_uses_rms_norm, "`F.rms_norm`"),
+    # shapes, dtypes, mutated inputs, and what the feedback says beyond "wrong values"
+    ("layer_norm_backward", _lnb_gamma_per_token, "`grad_gamma` has shape"),
+    ("layer_norm_backward", _lnb_two_slips, "does not sum to 0 over each token's features"),
+    ("gated_ffn_sublayer", _gated_in_place, "modified its input"),
+    ("packed_causal_mask", _packed_float_positions, "`positions` has dtype torch.float32"),
+    ("packed_causal_mask", _packed_not_equal, "lets a token attend to a token of another document"),
+    ("packed_causal_mask", _packed_long_mask, "masks must be bool"),
+    ("packed_causal_mask", L.decoder_self_mask, "expected a tuple of 2 values"),  # the chapter's
 ]
 
 
@@ -275,3 +419,30 @@ def test_predicted_count_matches_a_real_torch_layer():
     n = sum(p.numel() for p in nn.TransformerDecoderLayer(512, 8, 2048, batch_first=True).parameters())
     assert n == ch07.predict_decoder_params() == 4_204_032
     assert math.isclose(n, 4 * 512 * 512 * 2 + 2 * 512 * 2048, rel_tol=0.01)
+
+
+def test_the_notebooks_buggy_sublayer_is_named_with_all_three_bugs():
+    import nbformat
+    from conftest import ROOT
+
+    nb = nbformat.read(ROOT / "solutions" / "07_encoder_decoder.ipynb", as_version=4)
+    source = next(c.source for c in nb.cells if c.source.startswith("def buggy_gated_ffn_sublayer"))
+    namespace = {"torch": torch, "F": F}
+    exec(compile(source, "<the notebook's buggy function>", "exec"), namespace)  # noqa: S102
+    r = check("07_encoder_decoder/gated_ffn_sublayer", namespace["buggy_gated_ffn_sublayer"])
+    assert r.mistake == "the function returned as given (all three bugs still in it)", r.feedback
+
+
+def test_packed_mask_equals_separate_documents():
+    """What the exercise claims: attention over a packed row equals attention over each document alone."""
+    from book.multihead import MultiHeadAttention
+
+    torch.manual_seed(0)
+    doc_ids = torch.tensor([[3, 3, 3, 0, 0, 7, 7, 7, 7]])
+    mask, positions = ch07.packed_causal_mask(doc_ids)
+    assert positions.tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3]] and positions.dtype == torch.long
+    mha, x = MultiHeadAttention(8, 2), torch.randn(1, 9, 8)
+    with torch.no_grad():
+        packed = mha(x, x, mask)[0]
+        alone = torch.cat([mha(p, p, causal_mask(p.shape[1]))[0] for p in (x[:, :3], x[:, 3:5], x[:, 5:])], 1)
+    torch.testing.assert_close(packed, alone)

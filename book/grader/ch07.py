@@ -1,5 +1,10 @@
 """Graded exercises of chapter 07 — the encoder–decoder: LayerNorm, the FFN, encoder and decoder layers.
 
+The chapter prints ``layer_norm``, ``position_wise_ffn`` and ``decoder_self_mask`` line for line, so
+none of them is an exercise: the learner derives LayerNorm's backward pass by hand, debugs a pre-norm
+SwiGLU sublayer (RMSNorm, a gate, a residual), and extends the decoder's mask to several documents
+packed into one row (with their positions).
+
 The layer exercises are checked against PyTorch's own ``nn.TransformerEncoderLayer`` and
 ``nn.TransformerDecoderLayer`` (batch_first=True, dropout 0), into which the harness copies the
 learner's parameter dict. Parameter dicts, as the exercise notebook describes them::
@@ -11,13 +16,15 @@ learner's parameter dict. Parameter dicts, as the exercise notebook describes th
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from book import convert
 from book.attention import causal_mask
-from book.grader.core import Case, Exercise, Mistake
+from book.grader.core import Case, Exercise, Mistake, clone, compare
 from book.layers import DecoderLayer, decoder_self_mask, key_padding_mask, layer_norm, position_wise_ffn, torch_attn_mask
 from book.multihead import multi_head_attention
 
@@ -28,142 +35,327 @@ def _randn(gen, *shape, scale=1.0):
     return torch.randn(*shape, generator=gen) * scale
 
 
-# ----------------------------------------------------------------------------- 1. layer_norm
-def _layer_norm_cases(g):
-    def gb(d):
-        return 1.0 + 0.5 * _randn(g, d), 0.5 * _randn(g, d)  # gamma near 1, beta near 0, never trivial
+# ----------------------------------------------------------------------------- 1. derive: LayerNorm's backward pass
+def layer_norm_backward(x, gamma, grad_out, eps=1e-5):
+    """The gradients of a loss L through y = layer_norm(x, gamma, beta, eps), by hand.
+
+    x, grad_out = ∂L/∂y: (..., d); gamma: (d,). Returns (grad_x (..., d), grad_gamma (d,),
+    grad_beta (d,)): ∂L/∂x, and ∂L/∂γ, ∂L/∂β summed over every token.
+    """
+    d = x.shape[-1]
+    mean = x.mean(dim=-1, keepdim=True)
+    inv_std = torch.rsqrt(((x - mean) ** 2).mean(dim=-1, keepdim=True) + eps)  # 1 / s, s = sqrt(σ² + ε), (..., 1)
+    x_hat = (x - mean) * inv_std  # (..., d)
+    g = grad_out * gamma  # ∂L/∂x̂
+    grad_x = inv_std * (g - g.mean(dim=-1, keepdim=True) - x_hat * (g * x_hat).mean(dim=-1, keepdim=True))
+    grad_gamma = (grad_out * x_hat).reshape(-1, d).sum(dim=0)  # (d,)
+    grad_beta = grad_out.reshape(-1, d).sum(dim=0)  # (d,)
+    return grad_x, grad_gamma, grad_beta
+
+
+def _lnb_cases(g):
+    def gamma(d):
+        return 1.0 + 0.5 * _randn(g, d)  # near 1, never trivial
 
     const = _randn(g, 3, 8)
     const[1] = 2.5  # one token whose features are all equal: variance 0
     return [
-        Case("x of shape (5, 8)", (_randn(g, 5, 8), *gb(8))),
-        Case("x of shape (2, 3, 16) (extra batch dims)", (_randn(g, 2, 3, 16, scale=3.0) + 1.0, *gb(16))),
-        Case("one vector of 4 features", (_randn(g, 4), *gb(4))),
-        Case("a token whose features are all equal (variance 0)", (const, *gb(8))),
-        Case("tiny features (spread ~1e-3, smaller than √eps)", (_randn(g, 4, 8, scale=1e-3), *gb(8))),
-        Case("eps = 0.1", (_randn(g, 3, 6), *gb(6), 0.1)),
-        Case("features with a large common offset (~200)", (_randn(g, 4, 16) + 200.0, *gb(16))),
+        Case("x of shape (5, 8)", (_randn(g, 5, 8), gamma(8), _randn(g, 5, 8))),
+        Case("x of shape (2, 3, 16) (two batch axes: grad_gamma and grad_beta sum over both)",
+             (_randn(g, 2, 3, 16, scale=3.0) + 1.0, gamma(16), _randn(g, 2, 3, 16))),
+        Case("one vector of 4 features (no batch axis)", (_randn(g, 4), gamma(4), _randn(g, 4))),
+        Case("eps = 0.1", (_randn(g, 3, 6), gamma(6), _randn(g, 3, 6), 0.1)),
+        Case("small features (spread ~0.01, where eps matters)",
+             (_randn(g, 4, 8, scale=0.01), gamma(8), _randn(g, 4, 8))),
+        Case("a token whose features are all equal (variance 0)", (const, gamma(8), _randn(g, 3, 8))),
+        Case("grad_out = 1 everywhere and gamma = 1 (the loss is y.sum())",
+             (_randn(g, 4, 8), torch.ones(8), torch.ones(4, 8))),
     ]
 
 
-def _ln_variant(unbiased=False, eps_outside=False, fixed_eps=False, dims=(-1,), center=True,
-                affine="normal", one_pass=False, no_sqrt=False):
-    def ln(x, gamma, beta, eps=1e-5):
-        eps = 1e-5 if fixed_eps else eps
-        dims_ = tuple(range(x.dim())) if dims == "all" else dims
-        mean = x.mean(dim=dims_, keepdim=True) if center else torch.zeros_like(x)
-        if one_pass:
-            var = (x * x).mean(dim=dims_, keepdim=True) - mean * mean
-        elif center:
-            var = x.var(dim=dims_, keepdim=True, unbiased=unbiased)
-        else:
-            var = (x * x).mean(dim=dims_, keepdim=True)  # RMSNorm: mean square, no centring
-        x_hat = (x - mean) / (var.sqrt() + eps) if eps_outside else (x - mean) / torch.sqrt(var + eps)
-        if no_sqrt:
-            x_hat = (x - mean) / (var + eps)
-        if affine == "swapped":
-            return beta * x_hat + gamma
-        if affine == "none":
-            return x_hat
-        return gamma * x_hat + beta
+def _lnb_variant(dx="full", gamma_in_dx=True, dgamma="x_hat", reduce="sum", unbiased=False, eps_outside=False,
+                 swap=False):
+    """layer_norm_backward with one classic slip (or several)."""
+    def backward(x, gamma, grad_out, eps=1e-5):
+        d = x.shape[-1]
+        mean = x.mean(dim=-1, keepdim=True)
+        var = x.var(dim=-1, keepdim=True, correction=1 if unbiased else 0)
+        std = var.sqrt() + eps if eps_outside else torch.sqrt(var + eps)
+        x_hat = (x - mean) / std
+        g = grad_out * gamma if gamma_in_dx else grad_out
 
-    return ln
+        def avg(t):
+            return t.mean(dim=-1, keepdim=True)
+
+        grad_x = {
+            "full": (g - avg(g) - x_hat * avg(g * x_hat)) / std,
+            "constants": g / std,  # μ and σ² treated as constants
+            "at_x_hat": g,  # stopped at x̂
+            "no_mean": (g - x_hat * avg(g * x_hat)) / std,
+            "no_var": (g - avg(g)) / std,
+            "var_sign": (g - avg(g) + x_hat * avg(g * x_hat)) / std,
+            "var_twice": (g - avg(g) - 2 * x_hat * avg(g * x_hat)) / std,
+            "var_half": (g - avg(g) - 0.5 * x_hat * avg(g * x_hat)) / std,
+            "sums": (g - g.sum(-1, keepdim=True) - x_hat * (g * x_hat).sum(-1, keepdim=True)) / std,
+            "times_std": (g - avg(g) - x_hat * avg(g * x_hat)) * std,
+            "sigma_once": (g - avg(g) - (x - mean) * avg(g * (x - mean))) / std,
+        }[dx]
+        flat = (lambda t: t.reshape(-1, d).mean(0)) if reduce == "mean" else (lambda t: t.reshape(-1, d).sum(0))
+        grad_gamma = flat(grad_out * (x_hat if dgamma == "x_hat" else x))
+        grad_beta = flat(grad_out)
+        return (grad_x, grad_beta, grad_gamma) if swap else (grad_x, grad_gamma, grad_beta)
+
+    return backward
 
 
-LAYER_NORM = Exercise(
-    id=f"{CHAPTER}/layer_norm",
-    title="Layer normalisation",
-    reference=layer_norm,
-    cases=_layer_norm_cases,
-    atol=3e-4,  # float32 rounding differs between correct formulas at a large offset
-    rtol=1e-4,
-    nan_hint="a token with equal features has variance 0: add eps *inside* the square root",
-    forbidden=("torch.layer_norm", "torch.nn.LayerNorm"),
-    forbidden_why="that is what you are writing: normalise with the mean and the variance yourself (x.mean, x.var "
-                  "and torch.var_mean are fine)",
+def _lnb_explain(got, want, x, gamma, grad_out, eps=1e-5):
+    """A property every right grad_x has: shifting all features of a token by the same amount
+    does not change LayerNorm's output, so each token's grad_x sums to 0 over its features."""
+    grad_x = got[0] if isinstance(got, (tuple, list)) and got else None
+    if not isinstance(grad_x, torch.Tensor) or grad_x.shape != x.shape:
+        return None
+    if compare(grad_x, want[0], 1e-4, 1e-3) is None:
+        return None  # grad_x is right: the message already names the output that is not
+    sums = grad_x.detach().double().sum(-1).abs()
+    scale = grad_x.detach().double().abs().sum(-1) + 1e-12
+    if (sums > 1e-4 * scale + 1e-5).any():
+        return ("Your grad_x does not sum to 0 over each token's features, and it must: adding the same "
+                "number to every feature of a token leaves LayerNorm's output unchanged")
+    return ("Your grad_x does sum to 0 over each token's features, as it must (the path through μ is in); "
+            "the rest is off: check the path through σ², the overall factor 1/s, and that γ is in")
+
+
+LAYER_NORM_BACKWARD = Exercise(
+    id=f"{CHAPTER}/layer_norm_backward",
+    title="Derive LayerNorm's backward pass",
+    reference=layer_norm_backward,
+    cases=_lnb_cases,
+    output_names=("grad_x", "grad_gamma", "grad_beta"),
+    atol=1e-4,
+    rtol=1e-3,
+    nan_hint="a token with equal features has variance 0: s = sqrt(σ² + eps) is never 0",
+    forbidden=("torch.autograd.grad", "torch.autograd.backward", "Tensor.backward", "torch.func.grad",
+               "torch.func.vjp", "torch.func.jacrev", "torch.autograd.functional.vjp",
+               "torch.autograd.functional.jacobian", "native_layer_norm_backward"),
+    forbidden_why="derive the gradients by hand; check them with autograd outside your function",
+    explain=_lnb_explain,
     mistakes=[
-        Mistake("the unbiased variance (dividing by d − 1)", _ln_variant(unbiased=True),
-                "LayerNorm divides the squared deviations by d, not d − 1: x.var(dim=-1, unbiased=False) "
-                "or ((x - mean) ** 2).mean(-1)."),
-        Mistake("eps outside the square root", _ln_variant(eps_outside=True),
-                "the denominator is sqrt(var + eps), not sqrt(var) + eps; it matters when the variance is tiny."),
-        Mistake("the eps argument ignored", _ln_variant(fixed_eps=True), "use the `eps` the caller passes."),
-        Mistake("normalising over the first axis instead of the last", _ln_variant(dims=(0,)),
-                "each token is normalised over its own features: mean and variance over dim=-1 (keepdim=True)."),
-        Mistake("normalising over the whole tensor", _ln_variant(dims="all"),
-                "LayerNorm gives every token its own mean and variance: reduce over dim=-1 only."),
-        Mistake("RMSNorm (no mean subtracted)", _ln_variant(center=False),
-                "that is RMSNorm, a later variant; LayerNorm first subtracts the mean, then divides by the std."),
-        Mistake("gamma and beta swapped", _ln_variant(affine="swapped"),
-                "gamma scales the normalised vector and beta shifts it: gamma * x_hat + beta."),
-        Mistake("gamma and beta not applied", _ln_variant(affine="none"),
-                "after normalising, scale by gamma and shift by beta."),
-        Mistake("the variance computed as E[x²] − E[x]²", _ln_variant(one_pass=True),
-                "with a large common offset both terms are huge and their difference loses all precision in "
-                "float32; average the squared deviations from the mean instead."),
-        Mistake("divided by the variance instead of the standard deviation", _ln_variant(no_sqrt=True),
-                "normalise by sqrt(var + eps): the standard deviation has the units of x, the variance their square."),
+        Mistake("the mean and the variance treated as constants (grad_x = γ·grad_out / s)", _lnb_variant(dx="constants"),
+                "μ and σ² are functions of every feature of the token: moving x_j moves μ and σ² too, and that "
+                "adds two terms to ∂L/∂x_i — one through μ, one through σ²."),
+        Mistake("grad_x stopped at x̂ (γ·grad_out, without the chain rule through the normalisation)",
+                _lnb_variant(dx="at_x_hat"),
+                "that is ∂L/∂x̂; x̂ = (x − μ)/s still depends on x, through x itself, μ and σ²."),
+        Mistake("the term through the mean missing", _lnb_variant(dx="no_mean"),
+                "∂μ/∂x_j = 1/d for every j: the path through μ adds the same correction to every feature of the "
+                "token."),
+        Mistake("the term through the variance missing", _lnb_variant(dx="no_var"),
+                "σ² depends on x as well (∂σ²/∂x_j = 2(x_j − μ)/d): the path through σ² adds a term proportional "
+                "to x̂_i."),
+        Mistake("the variance term with the wrong sign", _lnb_variant(dx="var_sign"),
+                "a larger σ² makes every x̂ smaller: the term through σ² is subtracted."),
+        Mistake("the variance term twice too large (the ½ of the square root's derivative lost)",
+                _lnb_variant(dx="var_twice"),
+                "d/dσ² of (σ² + ε)^(-1/2) is −½ (σ² + ε)^(-3/2); the ½ cancels the 2 of ∂σ²/∂x_j = 2(x_j − μ)/d."),
+        Mistake("the variance term half as large (the 2 of ∂σ²/∂x lost)", _lnb_variant(dx="var_half"),
+                "∂σ²/∂x_j = 2(x_j − μ)/d (the sum of the other features' parts through μ is 0); its 2 cancels "
+                "the ½ from the square root."),
+        Mistake("sums where the averages belong (the 1/d lost)", _lnb_variant(dx="sums"),
+                "μ and σ² are averages over the d features: each of their derivatives carries a 1/d."),
+        Mistake("multiplied by s = sqrt(σ² + ε) instead of divided", _lnb_variant(dx="times_std"),
+                "x̂ = (x − μ)/s, so every path to x carries a factor 1/s."),
+        Mistake("the variance term divided by s once instead of s³", _lnb_variant(dx="sigma_once"),
+                "the path through σ² carries d/dσ² of (σ² + ε)^(-1/2), a 1/s³ when written with x − μ; only with "
+                "x̂ = (x − μ)/s in place of x − μ does it shrink to 1/s."),
+        Mistake("γ left out of grad_x", _lnb_variant(gamma_in_dx=False),
+                "y = γ ⊙ x̂ + β: the gradient reaching x̂ is γ ⊙ grad_out, not grad_out."),
+        Mistake("the unbiased variance (dividing by d − 1)", _lnb_variant(unbiased=True),
+                "LayerNorm's σ² divides by d (the chapter's formula): so must your backward pass."),
+        Mistake("eps outside the square root", _lnb_variant(eps_outside=True),
+                "s = sqrt(σ² + eps), exactly as in the forward pass."),
+        Mistake("grad_gamma from x instead of x̂", _lnb_variant(dgamma="x"),
+                "y = γ ⊙ x̂ + β, so ∂y/∂γ is x̂, the normalised input."),
+        Mistake("grad_gamma and grad_beta averaged over the tokens instead of summed", _lnb_variant(reduce="mean"),
+                "every token uses the same γ and β, so their gradients add up over all tokens: sum, don't average."),
+        Mistake("grad_gamma and grad_beta swapped", _lnb_variant(swap=True),
+                "return (grad_x, grad_gamma, grad_beta) in that order; grad_beta is grad_out summed over the tokens."),
     ],
 )
 
 
-# ----------------------------------------------------------------------------- 2. position_wise_ffn
+# ----------------------------------------------------------------------------- 2. debug: a gated FFN sublayer
+def gated_ffn_sublayer(x, norm_weight, w_gate, w1, w2, eps=1e-6):
+    """A pre-norm SwiGLU sublayer as in LLaMA (no biases): x + W2 (silu(W_g h) ⊙ W1 h), h = RMSNorm(x).
+
+    x: (..., d_model); norm_weight: (d_model,); w_gate, w1: (d_ff, d_model); w2: (d_model, d_ff).
+    """
+    rms = torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)  # (..., 1)
+    h = x / rms * norm_weight  # RMSNorm
+    hidden = F.silu(F.linear(h, w_gate)) * F.linear(h, w1)  # (..., d_ff): the gate decides what passes
+    return x + F.linear(hidden, w2)  # the residual adds the sublayer's *input*
+
+
+# each part of the sublayer, and the ways it goes wrong: option -> (what the learner did, hint)
+GATED_NORM = {
+    "eps_outside": ("eps added outside the square root",
+                    "RMSNorm divides by sqrt(mean(x²) + eps), not sqrt(mean(x²)) + eps: the two differ when the "
+                    "features are small."),
+    "no_eps": ("eps left out of the norm", "keep eps, inside the square root: sqrt(mean(x²) + eps) is never 0."),
+    "no_sqrt": ("divided by the mean square instead of its root", "RMS is the *root* of the mean square: "
+                "sqrt(mean(x²) + eps)."),
+    "layer": ("LayerNorm instead of RMSNorm (the mean subtracted)",
+              "RMSNorm does not centre: it divides x by the root of its mean square, sqrt(mean(x²) + eps)."),
+    "l2": ("the L2 norm instead of the root mean square (a sum of squares, no 1/d)",
+           "RMS is the root of the *mean* of x² over the features, x.pow(2).mean(dim=-1, keepdim=True)."),
+    "all": ("the mean square taken over the whole tensor instead of each token",
+            "every token is normalised on its own: mean over the last axis (dim=-1, keepdim=True)."),
+    "first_axis": ("the mean square taken over the first axis instead of each token's features",
+                   "every token is normalised over its own features: mean over the last axis (dim=-1)."),
+    "no_weight": ("the norm's weight not applied", "RMSNorm ends with a learned scale: multiply by norm_weight."),
+    "divide_weight": ("divided by the norm's weight instead of multiplied",
+                      "the learned scale multiplies: x / rms * norm_weight."),
+}
+GATED_GATE = {
+    "swapped": ("silu applied to the W1 branch instead of the gate",
+                "SwiGLU is silu(x W_gᵀ) ⊙ (x W1ᵀ): the non-linearity belongs to the gate's branch."),
+    "both": ("silu on both branches", "only the gate goes through silu; the W1 branch stays linear."),
+    "after": ("silu applied after the product",
+              "silu acts on the gate's branch alone, before the product: silu(h W_gᵀ) ⊙ (h W1ᵀ)."),
+    "sigmoid": ("a sigmoid gate (GLU) instead of silu (SwiGLU)",
+                "SwiGLU gates with silu(z) = z·sigmoid(z) (F.silu), not with the sigmoid alone."),
+    "relu": ("ReLU instead of silu on the gate", "the gate's non-linearity is silu (F.silu), as in the chapter's "
+             "GatedFeedForward."),
+}
+GATED_RESIDUAL = {
+    "h": ("the residual taken from the normalised h instead of x",
+          "pre-norm is x + Sublayer(Norm(x)): the residual stream x itself is added back, never normalised."),
+    "none": ("the residual connection missing", "the sublayer returns x + FFN(Norm(x)), not FFN(Norm(x)) alone."),
+    "post": ("post-norm: RMSNorm applied after the residual",
+             "this is a pre-norm sublayer: normalise the FFN's *input*, x + FFN(Norm(x))."),
+}
+GATED_BUGS = {"eps": ("norm", "eps_outside"), "gate": ("gate", "swapped"), "residual": ("residual", "h")}
+
+
+def _gated_variant(norm="ok", gate="ok", residual="x"):
+    """The sublayer with at most one slip in each of its three parts."""
+    def sublayer(x, norm_weight, w_gate, w1, w2, eps=1e-6):
+        def normalise(t):
+            if norm == "layer":
+                t = t - t.mean(dim=-1, keepdim=True)
+            if norm == "all":
+                ms = t.pow(2).mean()
+            elif norm == "first_axis":
+                ms = t.pow(2).mean(dim=0, keepdim=True)
+            elif norm == "l2":
+                ms = t.pow(2).sum(dim=-1, keepdim=True)
+            else:
+                ms = t.pow(2).mean(dim=-1, keepdim=True)
+            denom = {"eps_outside": lambda: ms.sqrt() + eps, "no_eps": lambda: ms.sqrt(),
+                     "no_sqrt": lambda: ms + eps}.get(norm, lambda: torch.sqrt(ms + eps))()
+            if norm == "no_weight":
+                return t / denom
+            return t / denom / norm_weight if norm == "divide_weight" else t / denom * norm_weight
+
+        h = x if residual == "post" else normalise(x)
+        a, b = F.linear(h, w_gate), F.linear(h, w1)
+        if gate == "swapped":
+            a, b = b, a
+        f = {"sigmoid": torch.sigmoid, "relu": torch.relu}.get(gate, F.silu)
+        hidden = {"both": lambda: f(a) * f(b), "after": lambda: f(a * b)}.get(gate, lambda: f(a) * b)()
+        out = F.linear(hidden, w2)
+        return {"x": lambda: x + out, "h": lambda: h + out, "none": lambda: out,
+                "post": lambda: normalise(x + out)}[residual]()
+
+    return sublayer
+
+
+def _slips(norm="ok", gate="ok", residual="x"):
+    parts = [(GATED_NORM, norm), (GATED_GATE, gate), (GATED_RESIDUAL, residual)]
+    return [table[option] for table, option in parts if option in table]
+
+
+def _gated_explain(got, want, *args):
+    """Which part went wrong, when the learner's result is one slip per part away from the formula."""
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+        return None
+    for norm in ("ok", *GATED_NORM):
+        for gate in ("ok", *GATED_GATE):
+            for residual in ("x", *GATED_RESIDUAL):
+                if (norm, gate, residual) == ("ok", "ok", "x") or (norm != "ok" and residual == "post"):
+                    continue
+                try:
+                    candidate = _gated_variant(norm, gate, residual)(*clone(args))
+                except Exception:
+                    continue
+                if compare(got, candidate, 1e-5, 1e-4, equal_nan=True) is None:
+                    slips = _slips(norm, gate, residual)
+                    return ("Your result is what the formula gives with " + "; and with ".join(s[0] for s in slips)
+                            + ". Hint: " + " ".join(s[1] for s in slips))
+    return None
+
+
+def _gated_weights(g, d, d_ff):
+    return (1.0 + 0.5 * _randn(g, d), _randn(g, d_ff, d, scale=d**-0.5), _randn(g, d_ff, d, scale=d**-0.5),
+            _randn(g, d, d_ff, scale=d_ff**-0.5))
+
+
+def _gated_cases(g):
+    zero = _randn(g, 2, 4, 8)
+    zero[0, 2] = 0.0  # one token that is all zeros
+    return [
+        Case("x (2, 5, 8), d_ff = 16", (_randn(g, 2, 5, 8), *_gated_weights(g, 8, 16))),
+        Case("x (3, 4, 16), d_ff = 40", (_randn(g, 3, 4, 16, scale=2.0), *_gated_weights(g, 16, 40))),
+        Case("x (6, 8) (no batch axis), d_ff = 24", (_randn(g, 6, 8), *_gated_weights(g, 8, 24))),
+        Case("small features (spread ~1e-3: mean(x²) is as small as eps)",
+             (_randn(g, 2, 3, 8, scale=1e-3), *_gated_weights(g, 8, 16))),
+        Case("eps = 0.5", (_randn(g, 2, 3, 8), *_gated_weights(g, 8, 16), 0.5)),
+        Case("a token whose features are all 0", (zero, *_gated_weights(g, 8, 12))),
+    ]
+
+
+def _gated_mistakes():
+    out = []
+    for r in (3, 2, 1):  # the notebook's bugs, all of them and every partial fix
+        for combo in itertools.combinations(GATED_BUGS, r):
+            options = dict(GATED_BUGS[b] for b in combo)
+            slips = _slips(**options)
+            if r == 3:
+                name = "the function returned as given (all three bugs still in it)"
+                hint = ("it runs and every shape is right, but compare it, line by line, with the formula above the "
+                        "code: the norm's denominator, which branch goes through silu, what the residual adds.")
+            else:
+                name = "still buggy: " + " and ".join(s[0] for s in slips)
+                hint = " ".join(s[1] for s in slips)
+            out.append(Mistake(name, _gated_variant(**options), hint))
+    for part, table in (("norm", GATED_NORM), ("gate", GATED_GATE), ("residual", GATED_RESIDUAL)):
+        for option, (name, hint) in table.items():
+            if (part, option) not in GATED_BUGS.values():
+                out.append(Mistake(name, _gated_variant(**{part: option}), hint))
+    return out
+
+
+GATED_FFN = Exercise(
+    id=f"{CHAPTER}/gated_ffn_sublayer",
+    title="Find and fix the bugs: a pre-norm SwiGLU sublayer",
+    reference=gated_ffn_sublayer,
+    cases=_gated_cases,
+    atol=1e-5,
+    rtol=1e-4,
+    nan_hint="a token of zeros has mean(x²) = 0: eps belongs inside the square root, sqrt(mean(x²) + eps)",
+    forbidden=("torch.rms_norm", "torch.nn.RMSNorm", "book.layers.RMSNorm", "book.layers.GatedFeedForward",
+               "book.layers.make_norm", "book.layers.make_ffn"),
+    forbidden_why="fix the given function's own lines rather than hand the work to a finished module",
+    explain=_gated_explain,
+    mistakes=_gated_mistakes(),
+)
+
+
+# ----------------------------------------------------------------------------- 3 and 5. layer params, torch references
 def _ffn_weights(g, d, d_ff):
     return (_randn(g, d_ff, d, scale=d**-0.5), _randn(g, d_ff, scale=0.5),
             _randn(g, d, d_ff, scale=d_ff**-0.5), _randn(g, d, scale=0.5))
 
 
-def _ffn_cases(g):
-    return [
-        Case("x (5, 8) with square weights (d_model = d_ff = 8)", (_randn(g, 5, 8), *_ffn_weights(g, 8, 8))),
-        Case("x (5, 8), d_ff = 32", (_randn(g, 5, 8), *_ffn_weights(g, 8, 32))),
-        Case("x (2, 3, 8) (extra batch dims), d_ff = 16", (_randn(g, 2, 3, 8), *_ffn_weights(g, 8, 16))),
-        Case("one token: x (1, 4), d_ff = 12", (_randn(g, 1, 4), *_ffn_weights(g, 4, 12))),
-    ]
-
-
-def _gelu_ffn(x, w1, b1, w2, b2):
-    return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
-
-
-FFN = Exercise(
-    id=f"{CHAPTER}/position_wise_ffn",
-    title="The position-wise feed-forward network",
-    reference=position_wise_ffn,
-    cases=_ffn_cases,
-    mistakes=[
-        Mistake("the ReLU missing", lambda x, w1, b1, w2, b2: F.linear(F.linear(x, w1, b1), w2, b2),
-                "without a non-linearity two linear maps are one linear map; put a ReLU between them."),
-        Mistake("the ReLU after the second linear map instead of the first",
-                lambda x, w1, b1, w2, b2: torch.relu(F.linear(F.linear(x, w1, b1), w2, b2)),
-                "the ReLU acts on the wide hidden layer (d_ff), between the two linear maps."),
-        Mistake("a ReLU after both linear maps",
-                lambda x, w1, b1, w2, b2: torch.relu(position_wise_ffn(x, w1, b1, w2, b2)),
-                "only the hidden layer gets a ReLU; the output must be able to go negative."),
-        Mistake("weights used without the transpose (x @ w1)",
-                lambda x, w1, b1, w2, b2: torch.relu(x @ w1 + b1) @ w2 + b2,
-                "the weights follow the nn.Linear layout (out, in): x @ w1.T + b1, or F.linear(x, w1, b1)."),
-        Mistake("the biases left out", lambda x, w1, b1, w2, b2: position_wise_ffn(x, w1, 0 * b1, w2, 0 * b2),
-                "add b1 after the first linear map and b2 after the second."),
-        Mistake("a residual added inside the FFN (x + FFN(x))",
-                lambda x, w1, b1, w2, b2: x + position_wise_ffn(x, w1, b1, w2, b2),
-                "the FFN is only the sublayer; the layer adds the residual around it."),
-        Mistake("GELU instead of ReLU", _gelu_ffn,
-                "the original Transformer (and nn.TransformerEncoderLayer by default) uses ReLU: torch.relu."),
-        Mistake("w1 and w2 swapped", lambda x, w1, b1, w2, b2: F.linear(torch.relu(F.linear(x, w2, b2)), w1, b1),
-                "w1 (d_ff, d_model) widens first, w2 (d_model, d_ff) narrows back: F.linear(x, w1, b1) comes first."),
-        Mistake("b1 added after the ReLU", lambda x, w1, b1, w2, b2: F.linear(torch.relu(F.linear(x, w1)) + b1, w2, b2),
-                "the bias belongs to the linear map: max(0, x W1ᵀ + b1), the ReLU last."),
-        Mistake("tanh instead of ReLU", lambda x, w1, b1, w2, b2: F.linear(torch.tanh(F.linear(x, w1, b1)), w2, b2),
-                "the FFN's non-linearity is the ReLU, max(0, ·)."),
-        Mistake("the ReLU applied to the input instead of the hidden layer",
-                lambda x, w1, b1, w2, b2: F.linear(F.linear(torch.relu(x), w1, b1), w2, b2),
-                "the ReLU acts on the hidden layer: relu(x W1ᵀ + b1), between the two maps."),
-    ],
-)
-
-
-# ----------------------------------------------------------------------------- 3 and 5. layer params, torch references
 def _attn_params(g, d):
     p = {}
     for n in "qkvo":
@@ -322,95 +514,181 @@ ENCODER_LAYER = Exercise(
 )
 
 
-# ----------------------------------------------------------------------------- 4. the decoder's combined mask
-def decoder_self_mask_for_new(is_real, n_new=None):
-    """is_real (B, T): True at real tokens among all T keys so far; the queries are the last n_new
-    positions (all T when n_new is None, the chapter's decoder_self_mask) -> (B, 1, n_new, T):
-    query i, at position T - n_new + i, may attend key j if j is real and j <= T - n_new + i."""
-    if n_new is None:
-        return decoder_self_mask(is_real)
-    T = is_real.size(-1)
-    steps = torch.arange(T, device=is_real.device)
-    not_future = steps[None, :] <= steps[T - n_new:, None]  # (n_new, T)
-    return is_real[:, None, None, :] & not_future  # (B, 1, n_new, T)
+# ----------------------------------------------------------------------------- 4. extend: a mask for packed documents
+def packed_causal_mask(doc_ids):
+    """doc_ids (B, T) int: the document each token of a packed row belongs to (contiguous runs) ->
+    mask (B, 1, T, T) bool, True where query i may attend key j: the same document AND j <= i;
+    positions (B, T) int64: each token's position inside its own document, from 0."""
+    T = doc_ids.shape[-1]
+    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
+    mask = same_doc & causal_mask(T, device=doc_ids.device)  # (B, T, T)
+    positions = mask.sum(dim=-1) - 1  # (B, T): the earlier tokens of the token's own document
+    return mask[:, None], positions
 
 
-def _mask_cases(g):
-    def real(lengths, T):
-        return torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
+def _packed_mask(doc, causal="ok", doc_rule="eq", combine="and", heads=True, invert=False, pad_hidden=False):
+    T = doc.shape[-1]
+    i = torch.arange(T)[:, None]
+    j = torch.arange(T)[None, :]
+    tri = {"ok": j <= i, "upper": j >= i, "strict": j < i, "none": None}[causal]
+    di, dj = doc[:, :, None], doc[:, None, :]
+    same = {"eq": di == dj, "le": dj <= di, "ge": dj >= di, "none": None}[doc_rule]
+    if same is None:
+        m = tri.expand(doc.shape[0], T, T)
+    elif tri is None:
+        m = same
+    else:
+        m = (same | tri) if combine == "or" else (same & tri)
+    if pad_hidden:
+        m = m & (doc != -1)[:, None, :]
+    m = ~m if invert else m
+    return m[:, None] if heads else m
+
+
+def _packed_positions(doc, kind):
+    T = doc.shape[-1]
+    mask = doc[:, :, None] == doc[:, None, :]
+    tri = torch.ones(T, T, dtype=torch.bool).tril()
+    if kind == "global":
+        return torch.arange(T).expand(doc.shape[0], T).clone()
+    if kind == "from_one":
+        return (mask & tri).sum(-1)
+    if kind == "from_end":
+        return (mask & tri.T).sum(-1) - 1
+    if kind == "doc_length":
+        return mask.sum(-1)
+    if kind == "doc_index":
+        start = torch.ones_like(doc, dtype=torch.bool)
+        start[:, 1:] = doc[:, 1:] != doc[:, :-1]
+        return start.long().cumsum(-1) - 1
+    return (mask & tri).sum(-1) - 1
+
+
+def _packed_variant(positions="ok", from_mask=False, **mask_kwargs):
+    def fn(doc_ids):
+        m = _packed_mask(doc_ids, **mask_kwargs)
+        if from_mask:  # the positions counted from the (wrong) mask, as the reference does from the right one
+            return m, m.reshape(m.shape[0], m.shape[-2], m.shape[-1]).sum(-1) - 1
+        return m, _packed_positions(doc_ids, positions)
+
+    return fn
+
+
+def _packed_cases(g):
+    def random_row(T):
+        ids, doc = [], 0
+        while len(ids) < T:
+            n = int(torch.randint(1, 5, (1,), generator=g))
+            ids += [doc] * n
+            doc += 1
+        return ids[:T]
 
     return [
-        Case("lengths [4, 2, 3], T = 4", (real([4, 2, 3], 4),)),
-        Case("lengths [1, 5], T = 5", (real([1, 5], 5),)),
-        Case("one sequence without padding, T = 3", (real([3], 3),)),
-        Case("lengths [6, 6, 1, 4], T = 6", (real([6, 6, 1, 4], 6),)),
-        Case("one new token (n_new = 1) after 4 cached ones, lengths [5, 3]", (real([5, 3], 5), 1)),
-        Case("n_new = 2 of T = 6, lengths [6, 4, 2]", (real([6, 4, 2], 6), 2)),
-        Case("n_new = 3 of T = 3 (every position new), lengths [3, 2]", (real([3, 2], 3), 3)),
-        Case("n_new = 4 of T = 7, lengths [7, 7]", (real([7, 7], 7), 4)),
+        Case("one row packing two documents of 3 and 4 tokens", (torch.tensor([[0, 0, 0, 1, 1, 1, 1]]),)),
+        Case("B = 2, three documents per row, ids not in increasing order",
+             (torch.tensor([[5, 5, 2, 2, 2, 9, 9, 9], [1, 1, 1, 1, 1, 3, 3, 7]]),)),
+        Case("a row holding one document only (T = 5)", (torch.tensor([[4, 4, 4, 4, 4]]),)),
+        Case("every token a document of its own (T = 4)", (torch.tensor([[0, 1, 2, 3]]),)),
+        Case("padding at the end of the rows, with id -1",
+             (torch.tensor([[0, 0, 0, 1, 1, -1, -1], [2, 2, 2, 2, 2, 2, -1]]),)),
+        Case("int32 ids, B = 3, T = 10, random document lengths",
+             (torch.tensor([random_row(10) for _ in range(3)], dtype=torch.int32),)),
     ]
 
 
-def _mask_variant(causal="ok", padding="keys", combine="and", heads=True, invert=False, align="end", n_used=True):
-    def mask(r, n_new=None):
-        B, T = r.shape
-        n = T if (n_new is None or not n_used) else n_new
-        steps = torch.arange(T)
-        rows = steps[T - n:] if align == "end" else steps[:n]
-        back = rows[:, None] - steps[None, :]  # (n, T): how far key j lies behind query i
-        tri = {"ok": back >= 0, "upper": back <= 0, "strict": back > 0}.get(causal)
-        pad = {"keys": r[:, None, None, :], "queries": r[:, None, T - n:, None]}.get(padding)
-        if causal == "none":
-            out = pad
-        elif padding == "none":
-            out = tri if not heads else tri.expand(B, 1, n, T)
-        else:
-            out = (pad | tri) if combine == "or" else (pad & tri)
-        if not heads:
-            out = out[:, 0] if out.dim() == 4 else out
-        return ~out if invert else out
-
-    return mask
+def _packed_judge(got, doc_ids):
+    positions = got[1]
+    if positions.dtype.is_floating_point or positions.dtype == torch.bool:
+        return (f"`positions` has dtype {positions.dtype}; positions index a table of position vectors, so "
+                "return integers (torch.long), e.g. from a sum of a bool mask")
+    return None
 
 
-DECODER_MASK = Exercise(
-    id=f"{CHAPTER}/decoder_self_mask",
-    title="The decoder's mask: padding and causal combined, for new tokens too",
-    reference=decoder_self_mask_for_new,
-    cases=_mask_cases,
-    mistakes=[
-        Mistake("the causal part missing (a padding mask only)", _mask_variant(causal="none"),
-                "the decoder must not see the future: combine with a causal mask using &."),
-        Mistake("a (T, T) causal mask only, without the padding", lambda r, n_new=None: _causal(r, n_new),
-                "padding keys must be hidden too, and the result needs batch and head axes: (B, 1, n_new, T)."),
-        Mistake("the padding part missing (a causal mask only)", _mask_variant(padding="none"),
-                "a key must be real AND not in the future: include is_real[:, None, None, :]."),
-        Mistake("| (or) instead of & (and)", _mask_variant(combine="or"),
-                "a key may be attended only if it is real AND not in the future: use &."),
-        Mistake("the padding applied to the queries (rows) instead of the keys (columns)", _mask_variant(padding="queries"),
-                "mask the padding *keys* (the last axis: is_real[:, None, None, :]). A padding query whose "
-                "row is all False has no key left at all, and its softmax is 0/0 = NaN."),
-        Mistake("the upper triangle (the future instead of the past)", _mask_variant(causal="upper"),
-                "a query may attend to its own position and the ones before it."),
-        Mistake("no head axis: shape (B, n_new, T)", _mask_variant(heads=False),
-                "the attention scores are (B, h, T_q, T_k); a mask without a head axis would line B up with h. "
-                "Return (B, 1, n_new, T)."),
-        Mistake("an inverted mask (True = blocked)", _mask_variant(invert=True), "in this book True means 'may attend'."),
-        Mistake("a causal part that excludes the diagonal", _mask_variant(causal="strict"),
-                "a token may attend to itself: keep j <= i, the diagonal included."),
-        Mistake("the new queries treated as the *first* n_new positions (the causal part aligned top-left)",
-                _mask_variant(align="start"),
-                "the new tokens are the *last* n_new positions: query i sits at position T - n_new + i, so it may "
-                "see keys 0 … T - n_new + i (tril with diagonal T - n_new)."),
-        Mistake("n_new ignored (the full (T, T) mask)", _mask_variant(n_used=False),
-                "with n_new given, only the last n_new positions are queries: the result has n_new rows."),
-    ],
+def _packed_explain(got, want, doc_ids):
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        return None
+    mask, positions = got
+    want_mask, want_pos = want
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != want_mask.shape:
+        return None
+    if torch.equal(mask.cpu(), want_mask):
+        return ("Your mask is right; the positions are not: a token's position counts the tokens before it in "
+                "its own document (the first token of every document is at 0)")
+    T = doc_ids.shape[-1]
+    extra, missing = mask.cpu() & ~want_mask, ~mask.cpu() & want_mask
+    other_doc = (doc_ids[:, :, None] != doc_ids[:, None, :])[:, None]
+    future = (torch.arange(T)[None, :] > torch.arange(T)[:, None])
+    said = []
+    if (extra & other_doc).any():
+        said.append("lets a token attend to a token of another document")
+    if (extra & future).any():
+        said.append("lets a token attend to a key in its future")
+    if missing.any():
+        said.append("blocks a key the token may see (itself, or an earlier token of its own document)")
+    return "Your mask " + "; it ".join(said) if said else None
+
+
+_PACKED_MASK_MISTAKES = [  # (name, kwargs of _packed_mask, hint)
+    ("the causal part missing (whole documents visible, the future included)", {"causal": "none"},
+     "a token may see only the past of its own document: combine `same document` with j <= i using &."),
+    ("the document part missing (a plain causal mask over the whole row)", {"doc_rule": "none"},
+     "in a packed row the documents are unrelated: a key must also belong to the query's document "
+     "(doc_ids[:, :, None] == doc_ids[:, None, :])."),
+    ("the upper triangle (the future instead of the past)", {"causal": "upper"},
+     "a query may attend to its own position and the ones before it: j <= i, the lower triangle."),
+    ("a causal part that excludes the diagonal", {"causal": "strict"},
+     "a token may attend to itself: keep j <= i, the diagonal included."),
+    ("| (or) instead of & (and)", {"combine": "or"},
+     "a key must be in the same document AND not in the future: use &."),
+    ("an inverted mask (True = blocked)", {"invert": True}, "in this book True means 'may attend'."),
+    ("earlier documents allowed (ids compared with <=, not ==)", {"doc_rule": "le"},
+     "ids are labels, not an order (and need not increase): a key must have the query's own id, ==."),
+    ("later-numbered documents allowed (ids compared with >=, not ==)", {"doc_rule": "ge"},
+     "ids are labels, not an order (and need not increase): a key must have the query's own id, ==."),
+    ("padding hidden from every query, its own rows included", {"pad_hidden": True},
+     "padding is just one more id here: with the same rule it attends to earlier padding and no real token "
+     "sees it. Hiding it from its own rows leaves those rows with no key at all (a 0/0 in the softmax)."),
+]
+
+
+def _packed_mistakes():
+    out = []
+    for name, kwargs, hint in _PACKED_MASK_MISTAKES:
+        out.append(Mistake(name, _packed_variant(**kwargs), hint))
+    for name, kwargs, hint in _PACKED_MASK_MISTAKES:
+        out.append(Mistake(f"{name}, and the positions counted from that mask",
+                           _packed_variant(from_mask=True, **kwargs), hint))
+    out.append(Mistake("no head axis: a mask of shape (B, T, T)", _packed_variant(heads=False),
+                       "the attention scores are (B, h, T, T); a mask without a head axis would line B up with h. "
+                       "Return (B, 1, T, T)."))
+    out += [
+        Mistake("positions not restarted at each document (0 … T − 1 along the row)", _packed_variant("global"),
+                "every document starts again at position 0, as if it were alone in its row."),
+        Mistake("positions counted from 1", _packed_variant("from_one"),
+                "the first token of a document is at position 0: count the tokens *before* it."),
+        Mistake("positions counted from the document's end (the later tokens)", _packed_variant("from_end"),
+                "a token's position counts the tokens of its document *before* it, not after it."),
+        Mistake("every token given its document's length", _packed_variant("doc_length"),
+                "count only the document's tokens up to the token itself (the causal part), minus one."),
+        Mistake("the document's number in the row instead of the token's position in it", _packed_variant("doc_index"),
+                "a cumulative sum of the document starts numbers the documents; the position counts tokens "
+                "since the start of the token's own document."),
+    ]
+    return out
+
+
+PACKED_MASK = Exercise(
+    id=f"{CHAPTER}/packed_causal_mask",
+    title="Several documents in one row: the packed causal mask and positions",
+    reference=packed_causal_mask,
+    cases=_packed_cases,
+    output_names=("mask", "positions"),
+    atol=0.0,
+    rtol=0.0,
+    judge=_packed_judge,
+    explain=_packed_explain,
+    mistakes=_packed_mistakes(),
 )
-
-
-def _causal(is_real, n_new=None):
-    T = is_real.shape[-1]
-    return causal_mask(T)[T - (n_new or T):]
 
 
 # ----------------------------------------------------------------------------- 5. decoder layer
@@ -539,4 +817,4 @@ PREDICT_PARAMS = Exercise(
     ],
 )
 
-EXERCISES = [LAYER_NORM, FFN, ENCODER_LAYER, DECODER_MASK, DECODER_LAYER, PREDICT_PARAMS]
+EXERCISES = [LAYER_NORM_BACKWARD, GATED_FFN, ENCODER_LAYER, PACKED_MASK, DECODER_LAYER, PREDICT_PARAMS]
