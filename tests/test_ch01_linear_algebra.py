@@ -1,12 +1,14 @@
 """Chapter 01: book.maths' maths equals PyTorch's; special grader feedback; and the chapter's data
 for test_exercises.py (its figure builders are tested in test_viz.py)."""
+import nbformat
 import torch
 import torch.nn.functional as F
 
 from book import maths as FD
+from book.attention import softmax
 from book.grader import ch01, check
 
-REFERENCES = {"top_eigenvector": ch01.top_eigenvector_reference}  # judged: the exercise has none
+from conftest import ROOT
 
 
 # ----------------------------------------------------------------------------- book.maths
@@ -79,26 +81,6 @@ BUGGY = {
 }
 
 
-def cos_normalize(x, y=None):
-    u = F.normalize(x, dim=-1)
-    w = u if y is None else F.normalize(y, dim=-1)
-    return u @ w.mT
-
-
-def cos_broadcast(x, y=None):
-    y = x if y is None else y
-    return F.cosine_similarity(x[..., :, None, :], y[..., None, :, :], dim=-1)
-
-
-def lsm_logsumexp(x, dim=-1):
-    return x - torch.logsumexp(x, dim=dim, keepdim=True)
-
-
-def lsm_two_steps(x, dim=-1):
-    m = x.max(dim=dim, keepdim=True).values
-    return x - (m + torch.log(torch.sum(torch.exp(x - m), dim=dim, keepdim=True)))
-
-
 def eig_negated_argmax(a):
     lam, vec = torch.linalg.eigh(a)
     return -torch.take_along_dim(vec, lam.argmax(-1)[..., None, None], dim=-1)[..., 0]
@@ -114,58 +96,133 @@ def eig_shifted_power_iteration(a):
     return v[..., 0]
 
 
-def kl_xlogy(p, q, dim=-1):
-    return torch.sum(torch.xlogy(p, p / q), dim=dim)
+# 3. find and fix the bugs: the notebook's buggy function with its three lines fixed, and two other routes
+def cos_attention_fixed(queries, keys, temperature):
+    q = queries / queries.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    k = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    scores = q @ k.mT / temperature
+    return torch.softmax(scores, dim=-1)
 
 
-def kl_torch(p, q, dim=-1):
-    return F.kl_div(q.log(), p, reduction="none").sum(dim)
+def cos_attention_via_chapter(queries, keys, temperature):
+    """The chapter's cosine_similarity_matrix on both sets at once, then the query-key block."""
+    n = queries.shape[-2]
+    cos = FD.cosine_similarity_matrix(torch.cat([queries, keys], dim=-2))[..., :n, n:]
+    return softmax(cos / temperature, dim=-1)
 
 
-def cos_einsum_rsqrt(x, y=None):
-    def unit(t):
-        return t * torch.rsqrt((t * t).sum(-1, keepdim=True).clamp_min(1e-16))
-
-    return torch.einsum("...id,...jd->...ij", unit(x), unit(x if y is None else y))
-
-
-def lsm_where_masked(x, dim=-1):
-    """log-sum-exp by hand, with an all -inf slice kept finite before the shift."""
-    m = x.amax(dim=dim, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    return x - m - (x - m).exp().sum(dim=dim, keepdim=True).log()
+def cos_attention_torch(queries, keys, temperature):
+    cos = F.cosine_similarity(queries[..., :, None, :], keys[..., None, :, :], dim=-1, eps=1e-8)
+    e = torch.exp((cos - cos.amax(-1, keepdim=True)) / temperature)
+    return e / e.sum(-1, keepdim=True)
 
 
-def kl_where(p, q, dim=-1):
-    ratio = torch.where(p > 0, p / q, torch.ones_like(p))
-    return (p * ratio.log()).sum(dim)
+# 4. the softmax Jacobian: autograd (what the statement forbids in an answer), and two formulas
+def jacobian_by_autograd(scores, temperature=1.0):
+    rows = scores.reshape(-1, scores.shape[-1])
+    jacs = [torch.autograd.functional.jacobian(lambda s: torch.softmax(s / temperature, dim=-1), r) for r in rows]
+    return torch.stack(jacs).reshape(*scores.shape, scores.shape[-1])
 
+
+def jacobian_einsum(scores, temperature=1.0):
+    p = softmax(scores / temperature, dim=-1)
+    return (torch.diag_embed(p) - torch.einsum("...i,...j->...ij", p, p)) / temperature
+
+
+def jacobian_where(scores, temperature=1.0):
+    p = torch.softmax(scores / temperature, dim=-1)
+    n = p.shape[-1]
+    same = torch.eye(n, dtype=torch.bool, device=p.device)
+    outer = p.unsqueeze(-1) * p.unsqueeze(-2)
+    return torch.where(same, p.unsqueeze(-1) - outer, -outer) / temperature
+
+
+# 5. binary cross-entropy on logits: PyTorch's (forbidden in an answer), and two stable formulas
+def bce_torch(logits, targets):
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def bce_log1p(logits, targets):
+    return (logits.clamp(min=0) - logits * targets + torch.log1p(torch.exp(-logits.abs()))).mean()
+
+
+def bce_two_terms(logits, targets):
+    zeros = torch.zeros_like(logits)
+    neg_log_p = torch.logsumexp(torch.stack([zeros, -logits]), dim=0)  # −log σ(z)
+    neg_log_not_p = torch.logsumexp(torch.stack([zeros, logits]), dim=0)  # −log(1 − σ(z))
+    return (targets * neg_log_p + (1 - targets) * neg_log_not_p).sum() / logits.numel()
+
+
+REFERENCES = {
+    "top_eigenvector": ch01.top_eigenvector_reference,  # judged: the exercise has none
+    "softmax_jacobian": jacobian_by_autograd,
+    "bce_with_logits": bce_torch,
+}
 
 ALTERNATIVES = {
-    "cosine_similarity_matrix": [cos_normalize, cos_einsum_rsqrt],
-    "log_softmax": [lsm_two_steps, lsm_where_masked],
     "predict_broadcast_shapes": [lambda: [torch.Size([3, 4]), [2, 5, 3], (2, 8), (5, 5)],
                                  lambda: ((3, 4), (2, 5, 3), (2, 8), (5, 5))],
     "top_eigenvector": [eig_negated_argmax, eig_shifted_power_iteration],
-    "kl_divergence": [kl_xlogy, kl_where],
+    "cosine_attention": [cos_attention_fixed, cos_attention_via_chapter, cos_attention_torch],
+    "softmax_jacobian": [jacobian_einsum, jacobian_where],
+    "bce_with_logits": [bce_log1p, bce_two_terms],
 }
 
-WRONG = [  # the eigenvector judge explains what is wrong; a zero row's NaN is recognised however it arises
+
+def _jacobian_backward(scores, temperature=1.0):
+    s = scores.detach().clone().requires_grad_()
+    p = torch.softmax(s / temperature, dim=-1)
+    rows = []
+    for i in range(p.shape[-1]):
+        (g,) = torch.autograd.grad(p[..., i].sum(), s, retain_graph=True)
+        rows.append(g)
+    return torch.stack(rows, dim=-2)
+
+
+def _jacobian_jacrev(scores, temperature=1.0):
+    return torch.func.vmap(torch.func.jacrev(lambda s: torch.softmax(s / temperature, -1)))(
+        scores.reshape(-1, scores.shape[-1])).reshape(*scores.shape, scores.shape[-1])
+
+
+def _jacobian_with_backward(scores, temperature=1.0):
+    s = scores.detach().clone().requires_grad_()
+    torch.softmax(s / temperature, dim=-1)[..., 0].sum().backward()
+    return jacobian_einsum(scores, temperature)
+
+
+WRONG = [  # the eigenvector judge explains what is wrong; the rules the statements state are enforced, by name
     ("top_eigenvector", lambda a: 2 * torch.linalg.eigh(a)[1][..., :, -1], "length 1"),
     ("top_eigenvector", lambda a: torch.linalg.eig(a)[1][..., :, 0], "complex"),
     ("top_eigenvector", lambda a: torch.linalg.eigh(a)[1], "shape"),
-    ("cosine_similarity_matrix",
-     lambda x, y=None: (x / x.norm(dim=-1, keepdim=True)) @ ((x if y is None else y) / (x if y is None else y).norm(
-         dim=-1, keepdim=True)).mT,
-     "looks like dividing by a length of zero (a zero row gives NaN)"),
-    ("cosine_similarity_matrix", FD.cosine_similarity_matrix, "your function raised"),  # the chapter's, for one set only
-    # the statements' "don't call ..." are enforced, by name
-    ("cosine_similarity_matrix", cos_broadcast, "`F.cosine_similarity`"),
-    ("log_softmax", lsm_logsumexp, "`torch.logsumexp`"),
-    ("log_softmax", lambda x, dim=-1: torch.log_softmax(x, dim), "`torch.log_softmax`"),
-    ("log_softmax", lambda x, dim=-1: x - x.logsumexp(dim, keepdim=True), "`.logsumexp`"),
-    ("log_softmax", torch.log_softmax, "that is `torch.log_softmax` itself"),
-    ("kl_divergence", kl_torch, "`F.kl_div`"),
+    ("cosine_attention", lambda q, k, t: cos_attention_fixed(q, k, t).mT, "shape"),
+    ("cosine_attention", lambda q, k, t: cos_attention_fixed(q, k, t).sum(-1), "shape"),
+    ("softmax_jacobian", jacobian_by_autograd, "`torch.autograd"),
+    ("softmax_jacobian", _jacobian_backward, "`torch.autograd"),
+    ("softmax_jacobian", _jacobian_jacrev, "`torch.func"),
+    ("softmax_jacobian", _jacobian_with_backward, "backward"),
+    ("softmax_jacobian", lambda s, t=1.0: torch.diagonal(jacobian_einsum(s, t), dim1=-2, dim2=-1), "shape"),
+    ("bce_with_logits", bce_torch, "`F.binary_cross_entropy_with_logits`"),
+    ("bce_with_logits", lambda z, y: (F.softplus(z) - y * z).mean(), "`F.softplus`"),
+    ("bce_with_logits", lambda z, y: -(y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z)).mean(), "`F.logsigmoid`"),
+    ("bce_with_logits", lambda z, y: bce_log1p(z, y).item(), "expected a torch.Tensor"),
+    ("bce_with_logits", F.binary_cross_entropy_with_logits, "itself"),
+    # where no catalogued mistake fits, the feedback still says what is wrong
+    ("cosine_attention", lambda q, k, t: 2 * cos_attention_fixed(q, k, t), "do not sum to 1"),
+    ("cosine_attention", lambda q, k, t: torch.softmax(q / q.abs().sum(-1, keepdim=True).clamp_min(1e-8)
+                                                       @ F.normalize(k, dim=-1).mT / t, dim=-1),
+     "Each of your rows is a distribution"),  # the queries divided by their L1 norm
+    ("softmax_jacobian", lambda s, t=1.0: jacobian_einsum(s, t) - torch.diag_embed(softmax(s / t, -1) ** 2) / t,
+     "Your off-diagonal entries (j ≠ i) are right"),
+    ("softmax_jacobian", lambda s, t=1.0: (torch.diag_embed(softmax(s / t, -1))
+                                           - softmax(s / t, -1)[..., :, None] ** 2) / t,
+     "Your diagonal entries (j = i) are right"),  # p_i² in every entry of row i
+    ("softmax_jacobian", lambda s, t=1.0: 0.5 * jacobian_einsum(s, t), "a constant factor off"),
+    ("softmax_jacobian", lambda s, t=1.0: torch.diag_embed(softmax(s / t, -1))
+     - (softmax(s / t, -1) ** 2).sum(-1)[..., None, None], "do not sum to 0"),  # p·p instead of p pᵀ
+    ("bce_with_logits", lambda z, y: (torch.logsumexp(torch.stack([-z, z]), 0) - 2 * y * z).mean(), "never negative"),
+    ("bce_with_logits", lambda z, y: -(y * torch.log(torch.sigmoid(z) + 1e-12)
+                                       + (1 - y) * torch.log(1 - torch.sigmoid(z) + 1e-12)).mean(), "confident"),
+    ("bce_with_logits", lambda z, y: bce_log1p(z, (y > 0.3).to(z.dtype)), "probabilities between 0 and 1"),
 ]
 
 
@@ -174,3 +231,15 @@ def test_prediction_feedback_never_shows_the_answer():
     r = check("01_linear_algebra/predict_broadcast_shapes", lambda: ((3, 4), (2, 5, 3), (2, 1), (5, 5)))
     assert not r.passed and "x.sum(dim=1)" in r.feedback
     assert "(2, 8)" not in r.feedback
+
+
+def test_the_notebooks_buggy_function_is_the_catalogued_one():
+    """Handing in the notebook's buggy_cosine_attention unchanged is named as such: the grader's
+    catalogue and the notebook describe the same three bugs."""
+    nb = nbformat.read(ROOT / "solutions" / "01_linear_algebra.ipynb", as_version=4)
+    source = next(c.source for c in nb.cells
+                  if c.cell_type == "code" and c.source.startswith("def buggy_cosine_attention"))
+    namespace = {"torch": torch}
+    exec(compile(source, "buggy_cosine_attention", "exec"), namespace)  # noqa: S102
+    r = check("01_linear_algebra/cosine_attention", namespace["buggy_cosine_attention"])
+    assert r.mistake == "the function returned as given (all three bugs still in it)", r.feedback
