@@ -1,5 +1,6 @@
 """Chapter 03: the cells equal torch.nn's, BPTT by hand equals autograd, the seq2seq model and its
-task behave; the chapter's data for test_exercises.py and the grader's special feedback."""
+task behave; the chapter's data for test_exercises.py (the exercises' references against nn.LSTM,
+nn.GRU with packed sequences and chapter 04's attention) and the grader's special feedback."""
 import numpy as np
 import pytest
 import torch
@@ -183,37 +184,106 @@ def test_reversal_accuracy_on_models_of_known_accuracy(wrong, length, expected):
 
 
 # ----------------------------------------------------------------------------- data for test_exercises.py
-def lstm_slices(x, h, c, W_ih, W_hh, b_ih, b_hh):
-    H = h.shape[-1]
-    pre = x @ W_ih.T + h @ W_hh.T + (b_ih + b_hh)
-    i, f, g, o = (pre[..., k * H:(k + 1) * H] for k in range(4))
-    c2 = f.sigmoid() * c + i.sigmoid() * g.tanh()
-    return o.sigmoid() * c2.tanh(), c2
-
-
-def lstm_torch_module(x, h, c, W_ih, W_hh, b_ih, b_hh):
-    m = nn.LSTMCell(W_ih.shape[1], W_hh.shape[1])
+# 1. find and fix the bugs: PyTorch's layer (a reference, not allowed in an answer), fixed copies
+def lstm_sequence_via_torch(xs, h0, c0, W_ih, W_hh, b_ih, b_hh):
+    layer = nn.LSTM(W_ih.shape[1], W_hh.shape[1], batch_first=True)
     with torch.no_grad():
-        for p, w in zip(_weights(m), (W_ih, W_hh, b_ih, b_hh)):
+        for p, w in zip(_weights(layer, "_l0"), (W_ih, W_hh, b_ih, b_hh)):
             p.copy_(w)
-        lead = x.shape[:-1]
-        hn, cn = m(x.reshape(-1, x.shape[-1]), (h.reshape(-1, h.shape[-1]), c.reshape(-1, c.shape[-1])))
-    return hn.reshape(*lead, -1), cn.reshape(*lead, -1)
+        out, (h, c) = layer(xs, (h0[None], c0[None]))
+    return out, h[0], c[0]
 
 
-def gru_split_weights(x, h, W_ih, W_hh, b_ih, b_hh):
-    H = h.shape[-1]
-    Wi, Wh, bi, bh = W_ih.split(H), W_hh.split(H), b_ih.split(H), b_hh.split(H)
-    r = torch.sigmoid(F.linear(x, Wi[0], bi[0]) + F.linear(h, Wh[0], bh[0]))
-    z = torch.sigmoid(F.linear(x, Wi[1], bi[1]) + F.linear(h, Wh[1], bh[1]))
-    n = torch.tanh(F.linear(x, Wi[2], bi[2]) + r * F.linear(h, Wh[2], bh[2]))
-    return n + z * (h - n)  # = (1 - z) n + z h
+def lstm_sequence_fixed(xs, h0, c0, W_ih, W_hh, b_ih, b_hh):
+    """The notebook's buggy function with its three lines fixed (slices instead of chunk)."""
+    H = h0.shape[-1]
+    from_inputs = xs @ W_ih.T + (b_ih + b_hh)  # hoisted, both biases once
+    h, c, outputs = h0, c0, []
+    for t in range(xs.size(1)):
+        gates = from_inputs[:, t] + h @ W_hh.T
+        i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
+        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+        h = o.sigmoid() * c.tanh()
+        outputs.append(h)
+    return torch.stack(outputs, dim=1), h, c
 
 
-def gru_torch_functional(x, h, W_ih, W_hh, b_ih, b_hh):
-    lead = x.shape[:-1]
-    out = torch.gru_cell(x.reshape(-1, x.shape[-1]), h.reshape(-1, h.shape[-1]), W_ih, W_hh, b_ih, b_hh)
-    return out.reshape(*lead, -1)
+def lstm_sequence_not_hoisted(xs, h0, c0, W_ih, W_hh, b_ih, b_hh):
+    h, c, outputs = h0, c0, []
+    for x in xs.unbind(1):
+        i, f, g, o = (torch.einsum("gd,bd->bg", W_ih, x) + b_ih + torch.einsum("gh,bh->bg", W_hh, h)
+                      + b_hh).chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return torch.stack(outputs, 1), h, c
+
+
+# 2. a GRU over a padded batch: PyTorch's packed sequences (a reference), a float mask, one sequence at a time
+def gru_lengths_via_packing(xs, lengths, h0, W_ih, W_hh, b_ih, b_hh):
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    layer = nn.GRU(W_ih.shape[1], W_hh.shape[1], batch_first=True)
+    with torch.no_grad():
+        for p, w in zip(_weights(layer, "_l0"), (W_ih, W_hh, b_ih, b_hh)):
+            p.copy_(w)
+        packed = pack_padded_sequence(xs, lengths.long().cpu(), batch_first=True, enforce_sorted=False)
+        out, h_n = layer(packed, h0[None])
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=xs.shape[1])
+    return out, h_n[0]
+
+
+def gru_lengths_float_mask(xs, lengths, h0, W_ih, W_hh, b_ih, b_hh):
+    T = xs.shape[1]
+    keep = (torch.arange(T, device=xs.device)[None, :] < lengths[:, None]).to(xs.dtype)  # (B, T)
+    h, outputs = h0, []
+    for t in range(T):
+        m = keep[:, t:t + 1]
+        h = m * rnn.gru_cell(xs[:, t], h, W_ih, W_hh, b_ih, b_hh) + (1 - m) * h
+        outputs.append(m * h)
+    return torch.stack(outputs, 1), h
+
+
+def gru_lengths_one_by_one(xs, lengths, h0, W_ih, W_hh, b_ih, b_hh):
+    """Each sequence run alone over its real steps only, with a cell written out; then padded with zeros."""
+    T, outs, finals = xs.shape[1], [], []
+    for b in range(xs.shape[0]):
+        h, states = h0[b], []
+        for t in range(int(lengths[b])):
+            r, z, n = W_ih.split(W_ih.shape[0] // 3)
+            x_r, x_z, x_n = (w @ xs[b, t] for w in (r, z, n))
+            b_r, b_z, b_n = b_ih.chunk(3)
+            h_r, h_z, h_n = (W_hh @ h + b_hh).chunk(3)
+            rr = torch.sigmoid(x_r + b_r + h_r)
+            zz = torch.sigmoid(x_z + b_z + h_z)
+            nn_ = torch.tanh(x_n + b_n + rr * h_n)
+            h = (1 - zz) * nn_ + zz * h
+            states.append(h)
+        outs.append(F.pad(torch.stack(states), (0, 0, 0, T - len(states))))
+        finals.append(h)
+    return torch.stack(outs), torch.stack(finals)
+
+
+# 4. multiplicative attention: chapter 04's scaled dot product with the scale undone, einsum, logsumexp
+def multiplicative_via_scaled_dot_product(queries, keys, W, mask=None):
+    from book.attention import scaled_dot_product_attention
+    projected = F.linear(keys, W) * queries.shape[-1] ** 0.5  # (B, T, d_q), × √d_q undoes the 1/√d_q
+    return scaled_dot_product_attention(queries, projected, keys, None if mask is None else mask[:, None, :])
+
+
+def multiplicative_einsum(queries, keys, W, mask=None):
+    scores = torch.einsum("bld,de,bte->blt", queries, W, keys)
+    if mask is not None:
+        scores = torch.where(mask.unsqueeze(1), scores, torch.finfo(scores.dtype).min)
+    weights = scores.softmax(-1)
+    return torch.einsum("blt,btd->bld", weights, keys), weights
+
+
+def multiplicative_logsumexp(queries, keys, W, mask=None):
+    scores = (queries @ W) @ keys.mT
+    if mask is not None:
+        scores = scores.masked_fill(mask.logical_not().unsqueeze(-2), -1e30)
+    weights = torch.exp(scores - scores.logsumexp(-1, keepdim=True))
+    return torch.bmm(weights, keys), weights
 
 
 def bptt_autograd(xs, h0, W_ih, W_hh, b_ih, b_hh):
@@ -241,46 +311,109 @@ def bptt_products_from_scratch(xs, h0, W_ih, W_hh, b_ih, b_hh):
     return torch.stack(out)
 
 
-def additive_einsum(query, keys, W_q, W_k, v, mask=None):
-    e = torch.einsum("a,bta->bt", v, torch.tanh(torch.einsum("aq,bq->ba", W_q, query)[:, None]
-                                                 + torch.einsum("ak,btk->bta", W_k, keys)))
-    if mask is not None:
-        e = e.masked_fill(~mask, -1e9)
-    w = F.softmax(e, dim=1)
-    return torch.bmm(w.unsqueeze(1), keys).squeeze(1), w
-
-
-def additive_logsumexp(query, keys, W_q, W_k, v, mask=None):
-    scores = (torch.tanh(F.linear(query, W_q).unsqueeze(-2) + F.linear(keys, W_k)) * v).sum(-1)
-    if mask is not None:
-        scores = torch.where(mask, scores, torch.finfo(scores.dtype).min)
-    w = torch.exp(scores - scores.logsumexp(-1, keepdim=True))
-    return (w.unsqueeze(-1) * keys).sum(-2), w
-
+# the PyTorch layers and chapter 04's attention equal the exercises' references; an answer may not call nn.LSTM/nn.GRU
+REFERENCES = {
+    "lstm_sequence": lstm_sequence_via_torch,
+    "gru_with_lengths": gru_lengths_via_packing,
+    "multiplicative_attention": multiplicative_via_scaled_dot_product,
+}
 
 ALTERNATIVES = {
-    "lstm_cell": [lstm_slices, lstm_torch_module],
-    "gru_cell": [gru_split_weights, gru_torch_functional],
+    "lstm_sequence": [lstm_sequence_fixed, lstm_sequence_not_hoisted],
+    "gru_with_lengths": [gru_lengths_float_mask, gru_lengths_one_by_one],
     "rnn_input_jacobians": [bptt_autograd, bptt_products_from_scratch],
-    "additive_attention": [additive_einsum, additive_logsumexp],
+    "multiplicative_attention": [multiplicative_einsum, multiplicative_logsumexp],
     "predict_parameter_counts": [lambda: [2560, 1920], lambda: (4 * (20 * 10 + 20 * 20 + 40), 3 * 640)],
 }
 
 
-def _gru_stub(x, h, W_ih, W_hh, b_ih, b_hh):
+def _gru_stub(xs, lengths, h0, W_ih, W_hh, b_ih, b_hh):
     raise NotImplementedError("your code here")
 
 
-def _lstm_chunk_dim1(x, h, c, W_ih, W_hh, b_ih, b_hh):
-    i, f, g, o = (F.linear(x, W_ih, b_ih) + F.linear(h, W_hh, b_hh)).chunk(4, dim=1)
-    c2 = f.sigmoid() * c + i.sigmoid() * g.tanh()
-    return o.sigmoid() * c2.tanh(), c2
+def _lstm_with_the_books_cell(xs, h0, c0, W_ih, W_hh, b_ih, b_hh):
+    h, c, outputs = h0, c0, []
+    for t in range(xs.size(1)):
+        h, c = rnn.lstm_cell(xs[:, t], h, c, W_ih, W_hh, b_ih, b_hh)
+        outputs.append(h)
+    return torch.stack(outputs, dim=1), h, c
+
+
+def _lstm_order_fixed_b_ih_dropped(xs, h0, c0, W_ih, W_hh, b_ih, b_hh):
+    """Two faults at once (order right, but b_ih dropped and h from the old c): not catalogued."""
+    from_inputs = F.linear(xs, W_ih)
+    h, c, outputs = h0, c0, []
+    for t in range(xs.size(1)):
+        i, f, g, o = (from_inputs[:, t] + F.linear(h, W_hh, b_hh)).chunk(4, dim=-1)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        outputs.append(h)
+    return torch.stack(outputs, dim=1), h, c
+
+
+def _lstm_h_not_carried(xs, h0, c0, W_ih, W_hh, b_ih, b_hh):
+    c, outputs = c0, []
+    for t in range(xs.size(1)):
+        i, f, g, o = (F.linear(xs[:, t], W_ih, b_ih) + F.linear(h0, W_hh, b_hh)).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        outputs.append(torch.sigmoid(o) * torch.tanh(c))
+    return torch.stack(outputs, dim=1), outputs[-1], c
+
+
+def _gru_padding_outputs_h0(xs, lengths, h0, *w):
+    out, h = ch03.gru_with_lengths(xs, lengths, h0, *w)
+    pad = (torch.arange(xs.shape[1])[None, :] >= lengths[:, None])[..., None]
+    return torch.where(pad, h0[:, None, :], out), h
+
+
+def _gru_h_n_from_h0_for_short(xs, lengths, h0, *w):
+    out, h = ch03.gru_with_lengths(xs, lengths, h0, *w)
+    return out, torch.where((lengths < xs.shape[1])[:, None], h0, h)
+
+
+def _mult_softmax_over_all_pairs(queries, keys, W, mask=None):
+    scores = queries @ W @ keys.mT
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None], float("-inf"))
+    weights = scores.flatten(1).softmax(-1).view_as(scores)  # one softmax over all L·T pairs
+    return weights @ keys, weights
 
 
 WRONG = [
-    ("gru_cell", _gru_stub, "not implemented yet"),
-    ("lstm_cell", _lstm_chunk_dim1, "unbatched"),  # chunk(4, dim=1) breaks on unbatched input: say so
+    ("gru_with_lengths", _gru_stub, "not implemented yet"),
+    ("gru_with_lengths", gru_lengths_via_packing, "does not allow"),
+    ("gru_with_lengths", lambda *a: (ch03.gru_with_lengths(*a)[0].transpose(0, 1), ch03.gru_with_lengths(*a)[1]),
+     "shape"),
+    ("gru_with_lengths", _gru_padding_outputs_h0, "not at the padded ones"),
+    ("gru_with_lengths", _gru_h_n_from_h0_for_short, "end before T"),
+    ("lstm_sequence", lstm_sequence_via_torch, "`nn.LSTM`"),
+    ("lstm_sequence", _lstm_with_the_books_cell, "`rnn.lstm_cell`"),
+    ("lstm_sequence", _lstm_order_fixed_b_ih_dropped, "already wrong at the first step"),
+    ("lstm_sequence", _lstm_h_not_carried, "wrong from step 1 on"),
+    ("lstm_sequence", lambda *a: ch03.lstm_sequence(*a)[0], "expected a tuple of 3 values"),
+    ("multiplicative_attention", _mult_softmax_over_all_pairs, "do not sum to 1"),
+    ("multiplicative_attention", lambda q, k, W, mask=None: ch03.multiplicative_attention(q, k, W, mask)[1],
+     "expected a tuple of 2 values"),
+    ("multiplicative_attention", lambda q, k, W, mask=None: ch03.multiplicative_attention(q * 2, k, W, mask),
+     "the scores themselves are off"),
 ]
+
+
+def test_buggy_lstm_sequence_shows_each_bug_only_where_the_notebook_says():
+    """The notebook's hunting hints: with b_hh = 0 the bias bug is invisible; the other two already
+    show in the outputs of step 0."""
+    ex = next(e for e in ch03.EXERCISES if e.name == "lstm_sequence")
+    case = ex.cases(torch.Generator().manual_seed(0))[0]
+    xs, h0, c0, W_ih, W_hh, b_ih, b_hh = case.args
+    want = ch03.lstm_sequence(*case.args)
+    for bug, flags in ch03._LSTM_BUG_FLAGS.items():
+        got = ch03._lstm_seq_variant(**flags)(*case.args)
+        assert not torch.allclose(got[0], want[0]), bug
+        if bug != "bias":
+            assert not torch.allclose(got[0][:, 0], want[0][:, 0]), bug
+        zero = ch03._lstm_seq_variant(**flags)(xs, h0, c0, W_ih, W_hh, b_ih, torch.zeros_like(b_hh))
+        same = torch.allclose(zero[0], ch03.lstm_sequence(xs, h0, c0, W_ih, W_hh, b_ih, torch.zeros_like(b_hh))[0])
+        assert same == (bug == "bias"), bug
 
 
 # ----------------------------------------------------------------------------- special grader feedback

@@ -1,17 +1,43 @@
 """Chapter 06: the properties the chapter claims for book/positional.py (permutation equivariance,
-offsets as rotations, RoPE's relative scores, ALiBi's slopes), and the chapter's data for
-test_exercises.py (the chapter's copy of the code is checked by test_single_source)."""
+offsets as rotations, RoPE's relative scores, ALiBi's slopes), the exercises' own claims (a chunk
+decodes like its tokens one by one, the layout conversion keeps the scores, NTK keeps the fastest
+pair), and the chapter's data for test_exercises.py (the chapter's copy of the code is checked by
+test_single_source)."""
 import math
 
 import pytest
 import torch
 
 from book import positional as P
+from book.attention import scaled_dot_product_attention
 from book.multihead import MultiHeadAttention
 
 
 # ----------------------------------------------------------------------------- data for test_exercises.py
-def pe_loops(max_len, d_model):
+# 1. read the position back: a nearest-row search, and the clock hands from slow to fast
+def read_by_nearest_row(pe):
+    d = pe.shape[-1]
+    n = min(20000, math.ceil(2 * math.pi * 10000 ** ((d - 2) / d)))  # every position the statement allows
+    table = P.sinusoidal_positional_encoding(n, d).to(pe.device)
+    return torch.cdist(pe.reshape(-1, d), table).argmin(-1).reshape(pe.shape[:-1])
+
+
+def read_slow_to_fast(pe):
+    """The slowest hand gives a rough position; each faster hand refines it (its whole turns counted)."""
+    d = pe.shape[-1]
+    pe = pe.double()
+    p = None
+    for i in reversed(range(d // 2)):
+        w = 10000.0 ** (-2 * i / d)
+        a = torch.atan2(pe[..., 2 * i], pe[..., 2 * i + 1])
+        if p is None:
+            p = torch.remainder(a, 2 * math.pi) / w
+        else:
+            p = (a + 2 * math.pi * torch.round((p * w - a) / (2 * math.pi))) / w
+    return p.round().float()
+
+
+def _pe_loops(max_len, d_model):
     pe = torch.empty(max_len, d_model, dtype=torch.float64)
     for pos in range(max_len):
         for i in range(d_model // 2):
@@ -20,67 +46,123 @@ def pe_loops(max_len, d_model):
     return pe
 
 
-def pe_annotated_transformer(max_len, d_model):
-    pe = torch.zeros(max_len, d_model)
-    position = torch.arange(0, max_len).unsqueeze(1)
-    div_term = torch.exp(torch.arange(0, d_model, 2) * -(math.log(10000.0) / d_model))
-    pe[:, 0::2] = torch.sin(position * div_term)
-    pe[:, 1::2] = torch.cos(position * div_term)
-    return pe
+# 2. the decoding step: the chapter's RoPE (a reference; not allowed in an answer), rotation matrices,
+#    and one token at a time (a chunk equals its tokens decoded one by one)
+def decode_via_chapter(q, k, v, k_cache, v_cache):
+    T_past, T_new = k_cache.size(-2), q.size(-2)
+    pos = torch.arange(T_past, T_past + T_new, device=q.device)
+    k_all = torch.cat([k_cache, P.apply_rope(k, pos)], dim=-2)
+    v_all = torch.cat([v_cache, v], dim=-2)
+    allowed = torch.arange(T_past + T_new, device=q.device) <= pos[:, None]
+    out, weights = scaled_dot_product_attention(P.apply_rope(q, pos), k_all, v_all, allowed)
+    return out, weights, k_all, v_all
 
 
-def rope_complex(x, positions):
-    d = x.shape[-1]
-    theta = 10000.0 ** (-torch.arange(0, d, 2).double() / d)
-    angle = torch.as_tensor(positions).double()[..., None] * theta
-    z = torch.view_as_complex(x.double().reshape(*x.shape[:-1], d // 2, 2).contiguous())
-    return torch.view_as_real(z * torch.exp(1j * angle)).reshape(x.shape).float()
-
-
-def rope_matrix(x, positions):
-    """Build each position's block-diagonal rotation and multiply."""
-    d = x.shape[-1]
-    pos = torch.as_tensor(positions, dtype=torch.float64)
+def _rotation_matrices(positions, d):
     theta = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    angle = pos[..., None] * theta  # (..., T, d/2)
-    c, s = angle.cos(), angle.sin()
-    R = torch.zeros(*angle.shape[:-1], d, d, dtype=torch.float64)
+    angle = positions.double()[:, None] * theta  # (T, d/2)
+    R = torch.zeros(len(positions), d, d, dtype=torch.float64)
     e = torch.arange(0, d, 2)
-    R[..., e, e], R[..., e, e + 1], R[..., e + 1, e], R[..., e + 1, e + 1] = c, -s, s, c
-    return (R @ x.double()[..., None]).squeeze(-1).float()
+    R[:, e, e], R[:, e, e + 1], R[:, e + 1, e], R[:, e + 1, e + 1] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
+    return R
 
 
-def offset_matrix_exp(k, d_model):
-    """M_k = exp(k·G), G the generator of the rotations: d/dk (sin, cos)(a + kω) = ω (cos, -sin)."""
-    G = torch.zeros(d_model, d_model, dtype=torch.float64)
-    for i in range(d_model // 2):
-        w = 10000 ** (-2 * i / d_model)
-        G[2 * i, 2 * i + 1], G[2 * i + 1, 2 * i] = w, -w
-    return torch.linalg.matrix_exp(k * G).float()
+def decode_with_matrices(q, k, v, k_cache, v_cache):
+    T_past, T_new, d = k_cache.size(-2), q.size(-2), q.size(-1)
+    R = _rotation_matrices(torch.arange(T_past, T_past + T_new), d).float()  # (T_new, d, d)
+    q = torch.einsum("tij,bhtj->bhti", R, q)
+    k = torch.einsum("tij,bhtj->bhti", R, k)
+    k_all, v_all = torch.cat([k_cache, k], -2), torch.cat([v_cache, v], -2)
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k_all) / d ** 0.5
+    future = torch.arange(T_past + T_new)[None, :] > torch.arange(T_past, T_past + T_new)[:, None]
+    weights = torch.where(future, float("-inf"), scores).softmax(-1)
+    return weights @ v_all, weights, k_all, v_all
 
 
-def offset_kron(k, d_model):
-    blocks = [torch.tensor([[math.cos(k * w), math.sin(k * w)], [-math.sin(k * w), math.cos(k * w)]])
-              for w in (10000 ** (-2 * i / d_model) for i in range(d_model // 2))]
-    return torch.block_diag(*blocks)
+def decode_token_by_token(q, k, v, k_cache, v_cache):
+    T_past, T_new, d = k_cache.size(-2), q.size(-2), q.size(-1)
+    R = _rotation_matrices(torch.arange(T_past + T_new), d).float()
+    outs, maps = [], []
+    for t in range(T_new):
+        p = T_past + t
+        k_cache = torch.cat([k_cache, (R[p] @ k[..., t, :, None]).squeeze(-1)[..., None, :]], -2)
+        v_cache = torch.cat([v_cache, v[..., t:t + 1, :]], -2)
+        qt = (R[p] @ q[..., t, :, None]).squeeze(-1)  # (B, h, d)
+        w = torch.softmax((k_cache @ qt[..., None]).squeeze(-1) / math.sqrt(d), dim=-1)  # (B, h, p + 1)
+        outs.append((w[..., None, :] @ v_cache).squeeze(-2))
+        maps.append(torch.nn.functional.pad(w, (0, T_new - 1 - t)))  # later keys: weight 0
+    return torch.stack(outs, -2), torch.stack(maps, -2), k_cache, v_cache
 
 
-def alibi_loops(num_heads, n):
-    out = torch.zeros(num_heads, n, n)
-    for h in range(num_heads):
-        m = 2 ** (-8 * (h + 1) / num_heads)
-        for i in range(n):
-            for j in range(n):
-                out[h, i, j] = -m * abs(i - j)
-    return out
+# 3. interleaved -> half: Hugging Face's permute() of its LLaMA conversion script, and a loop
+def rows_hf_permute(w, num_heads):
+    d_k = w.shape[0] // num_heads
+    return w.reshape(num_heads, d_k // 2, 2, -1).transpose(1, 2).reshape(w.shape)
 
+
+def rows_loop(w, num_heads):
+    d_k = w.shape[0] // num_heads
+    order = [j * d_k + r for j in range(num_heads) for r in [*range(0, d_k, 2), *range(1, d_k, 2)]]
+    return torch.stack([w[r] for r in order])
+
+
+# 4. stretched RoPE from scratch: complex numbers, frequencies scaled pair by pair
+def stretch_complex(x, positions, scale, method):
+    d = x.shape[-1]
+    two_i = torch.arange(0, d, 2, dtype=torch.float64)
+    theta = 10000.0 ** (-two_i / d)
+    pos = torch.as_tensor(positions, dtype=torch.float64)
+    if method == "interpolation":
+        pos = pos / scale
+    else:  # θ_i · s^(-2i/(d-2)): pair 0 unchanged, the last pair s times slower
+        theta = theta * scale ** (-two_i / (d - 2))
+    z = torch.view_as_complex(x.double().reshape(*x.shape[:-1], d // 2, 2).contiguous())
+    return torch.view_as_real(z * torch.exp(1j * pos[..., None] * theta)).reshape(x.shape).to(x.dtype)
+
+
+def stretch_by_base(x, positions, scale, method):
+    d = x.shape[-1]
+    if method == "ntk":
+        return P.apply_rope(x, positions, base=math.exp(math.log(10000.0) + d / (d - 2) * math.log(scale)))
+    return P.apply_rope(x, torch.as_tensor(positions) * (1.0 / scale))
+
+
+REFERENCES = {"rope_decode_step": decode_via_chapter}
 
 ALTERNATIVES = {
-    "sinusoidal_positional_encoding": [pe_loops, pe_annotated_transformer],
-    "apply_rope": [rope_complex, rope_matrix],
-    "offset_matrix": [offset_matrix_exp, offset_kron],
-    "alibi_bias": [alibi_loops, lambda h, n: P.alibi_bias(h, n).double()],
+    "position_from_encoding": [read_by_nearest_row, read_slow_to_fast],
+    "rope_decode_step": [decode_with_matrices, decode_token_by_token],
+    "rope_rows_to_half_layout": [rows_hf_permute, rows_loop],
+    "stretched_rope": [stretch_complex, stretch_by_base],
 }
+
+
+def _read_unrounded(pe):
+    d = pe.shape[-1]
+    return torch.remainder(torch.atan2(pe[..., -2], pe[..., -1]), 2 * math.pi) * 10000 ** ((d - 2) / d)
+
+
+def _rows_in_place(w, num_heads):
+    w[:] = rows_hf_permute(w.clone(), num_heads)
+    return w
+
+
+def _stretch_not_a_rotation(x, positions, scale, method):
+    return stretch_complex(x, positions, scale, method) * 1.5
+
+
+WRONG = [  # the rules the statements state, and shapes: what the feedback must say
+    ("rope_decode_step", decode_via_chapter, "`P.apply_rope`"),
+    ("rope_decode_step", lambda *a: decode_with_matrices(*a)[:2], "expected a tuple of 4 values"),
+    ("rope_decode_step", lambda *a: tuple(t.transpose(-2, -1) if i == 1 else t
+                                          for i, t in enumerate(decode_with_matrices(*a))), "`weights` has shape"),
+    ("position_from_encoding", _read_unrounded, "not whole numbers"),
+    ("position_from_encoding", lambda pe: read_slow_to_fast(pe)[..., None], "shape"),
+    ("rope_rows_to_half_layout", _rows_in_place, "modified its input"),
+    ("rope_rows_to_half_layout", lambda w, h: rows_loop(w, h) * 2, "not rows of w"),
+    ("stretched_rope", _stretch_not_a_rotation, "do not keep their lengths"),
+    ("stretched_rope", lambda x, p, s, m: stretch_complex(x, p, s * s, m), "angles are wrong"),
+]
 
 
 # ----------------------------------------------------------------------------- what the chapter claims
@@ -98,6 +180,63 @@ def test_attention_without_positions_is_permutation_equivariant_and_with_positio
         out_pe, _ = mha(x + pe, x + pe)
         out_pe_p, _ = mha(x[:, perm] + pe, x[:, perm] + pe)
     assert (out_pe_p - out_pe[:, perm]).abs().max() > 1e-2
+
+
+def test_book_code_equals_independent_versions():
+    torch.testing.assert_close(P.sinusoidal_positional_encoding(30, 12).double(), _pe_loops(30, 12), atol=1e-5, rtol=0)
+    x = torch.randn(2, 3, 5, 8)
+    torch.testing.assert_close(P.apply_rope(x, torch.arange(5)), stretch_complex(x, torch.arange(5), 1.0, "ntk"),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_a_chunk_decodes_like_its_tokens_one_by_one():
+    from book.grader.ch06 import rope_decode_step
+    torch.manual_seed(3)
+    q, k, v = torch.randn(3, 2, 2, 4, 8).unbind(0)
+    k_cache, v_cache = P.apply_rope(torch.randn(2, 2, 3, 8), torch.arange(3)), torch.randn(2, 2, 3, 8)
+    out, weights, k_all, v_all = rope_decode_step(q, k, v, k_cache, v_cache)
+    kc, vc = k_cache, v_cache
+    for t in range(4):
+        o, w, kc, vc = rope_decode_step(q[..., t:t + 1, :], k[..., t:t + 1, :], v[..., t:t + 1, :], kc, vc)
+        torch.testing.assert_close(o[..., 0, :], out[..., t, :])
+        torch.testing.assert_close(w[..., 0, :], weights[..., t, : 4 + t])
+    torch.testing.assert_close(kc, k_all)
+    torch.testing.assert_close(vc, v_all)
+
+
+def test_converted_rows_give_the_same_scores_in_the_half_layout():
+    from book.grader.ch06 import rope_rows_to_half_layout
+    from book.multihead import split_heads
+    torch.manual_seed(4)
+    x, w_q, w_k, b_q = torch.randn(2, 7, 16), torch.randn(16, 16), torch.randn(8, 16), torch.randn(16)
+    pos = torch.arange(7)
+
+    def scores(w_q, b_q, w_k, layout):  # 4 query heads, 2 key heads shared in groups of 2 (grouped-query)
+        q = P.apply_rope(split_heads(x @ w_q.T + b_q, 4), pos, layout=layout)
+        k = P.apply_rope(split_heads(x @ w_k.T, 2), pos, layout=layout).repeat_interleave(2, dim=1)
+        return q @ k.transpose(-2, -1)
+
+    converted = scores(rope_rows_to_half_layout(w_q, 4), rope_rows_to_half_layout(b_q, 4),
+                       rope_rows_to_half_layout(w_k, 2), "half")
+    torch.testing.assert_close(converted, scores(w_q, b_q, w_k, "interleaved"), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("d,scale", [(8, 4.0), (64, 16.0)])
+def test_ntk_keeps_the_fastest_pair_and_slows_the_slowest_like_interpolation(d, scale):
+    from book.grader.ch06 import stretched_rope
+    x = torch.zeros(d // 2, d).double()
+    x[torch.arange(d // 2), torch.arange(0, d, 2)] = 1.0  # row i: pair i points along its first axis
+
+    def angles(method, pos):  # (d/2,) the angle each pair turns by at position pos
+        y = stretched_rope(x, torch.tensor([float(pos)] * (d // 2)), scale, method)
+        i = torch.arange(d // 2)
+        return torch.atan2(y[i, 2 * i + 1], y[i, 2 * i])
+
+    ntk, pi = angles("ntk", 1), angles("interpolation", 1)
+    plain = P.apply_rope(x, torch.ones(d // 2))
+    assert ntk[0].item() == pytest.approx(1.0) and pi[0].item() == pytest.approx(1 / scale)
+    assert ntk[-1].item() == pytest.approx(pi[-1].item(), rel=1e-6)
+    assert pi[-1].item() == pytest.approx(torch.atan2(plain[-1, -1], plain[-1, -2]).item() / scale, rel=1e-6)
 
 
 def test_sinusoidal_formula_and_layout():

@@ -1,9 +1,18 @@
 """Graded exercises of chapter 03 — sequence models: references, seeded cases, classic mistakes.
 
-The cells follow PyTorch's conventions (gate order i, f, g, o for the LSTM and r, z, n for the GRU,
-weights of shape (out, in)), so the references are checked against ``torch.nn`` in the tests.
+The chapter prints ``lstm_cell``, ``gru_cell`` and ``additive_attention`` line for line, so none of
+them is an exercise: these make the learner debug, extend and derive instead — fix a broken LSTM
+layer that hoists its input projection out of the loop, run a GRU over a padded batch with the
+state frozen after each sequence's end, backpropagate through time by hand, score every decoder
+step at once with Luong's multiplicative attention, and predict two parameter counts.
+
+Everything follows PyTorch's conventions (gate order i, f, g, o for the LSTM and r, z, n for the
+GRU, weights of shape (out, in)), so the references are checked against ``torch.nn`` in the tests.
 """
 from __future__ import annotations
+
+import itertools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +20,7 @@ from torch import nn
 
 from book.attention import softmax
 from book.grader.core import Case, Exercise, Mistake
-from book.rnn import additive_attention, gru_cell, lstm_cell
+from book.rnn import gru_cell, lstm_cell, unroll
 
 CHAPTER = "03_sequence_models"
 
@@ -20,91 +29,175 @@ def _randn(gen, *shape, scale=1.0):
     return torch.randn(*shape, generator=gen) * scale
 
 
-def _cell_args(g, lead, D, H, gates, scale=1.0):
-    """x (*lead, D), h (*lead, H) [, c], W_ih (gH, D), W_hh (gH, H), b_ih, b_hh (gH,), like nn.*Cell's init."""
+def _uniform(gen, H, scale=1.0):
+    """U(-1/√H, 1/√H) × scale, like torch.nn's recurrent layers' initialisation."""
     k = H**-0.5
-    w = lambda *s: (torch.rand(*s, generator=g) * 2 - 1) * k * scale  # noqa: E731  U(-1/√H, 1/√H), like torch
-    return _randn(g, *lead, D), _randn(g, *lead, H), w(gates * H, D), w(gates * H, H), w(gates * H), w(gates * H)
+    return lambda *s: (torch.rand(*s, generator=gen) * 2 - 1) * k * scale
 
 
-# ----------------------------------------------------------------------------- 1. LSTM cell
-def _lstm_cases(g):
-    def case(name, lead, D, H, scale=1.0):
-        x, h, W_ih, W_hh, b_ih, b_hh = _cell_args(g, lead, D, H, 4, scale)
-        c = _randn(g, *lead, H)
-        return Case(name, (x, h, c, W_ih, W_hh, b_ih, b_hh))
+def _close(a, b):
+    return (isinstance(a, torch.Tensor) and a.shape == b.shape
+            and torch.allclose(a.detach().cpu().double(), b.detach().cpu().double(), atol=1e-5, rtol=1e-4))
+
+
+def _tensors(got, n):
+    """got as a list of n tensors, or None when it is not one."""
+    if not isinstance(got, (tuple, list)) or len(got) != n or not all(isinstance(t, torch.Tensor) for t in got):
+        return None
+    return list(got)
+
+
+# ----------------------------------------------------------------------------- 1. find and fix the bugs: an LSTM layer
+def lstm_sequence(xs, h0, c0, W_ih, W_hh, b_ih, b_hh):
+    """An LSTM layer over a batch of sequences (PyTorch's gate order i, f, g, o).
+
+    xs: (B, T, D)   h0, c0: (B, H)   W_ih: (4H, D)   W_hh: (4H, H)   b_ih, b_hh: (4H,)
+    returns outputs (B, T, H) — the h of every step — and the final h_T, c_T: (B, H) each
+    """
+    outputs, (h, c) = unroll(lambda x, s: lstm_cell(x, *s, W_ih, W_hh, b_ih, b_hh), xs, (h0, c0))
+    return outputs, h, c
+
+
+LSTM_BUGS = {  # the three bugs of the notebook's buggy_lstm_sequence
+    "order": ("the gates split as i, f, o, g (PyTorch's order is i, f, g, o)",
+              "the 4H rows are stacked input, forget, candidate, output: the candidate g is the *third* quarter."),
+    "bias": ("the bias b_hh added twice",
+             "hoisting W_ih x_t + b_ih + b_hh out of the loop is fine, but then the loop must not add b_hh again: "
+             "each bias is added once per step."),
+    "stale": ("h computed from the old cell state c",
+              "update c first, then h = sigmoid(o) * tanh(c) with the *new* c: the output shows the memory after "
+              "this step's write."),
+}
+
+
+def _lstm_seq_variant(order="ifgo", bias="ok", stale=False, collect="h", carry=True, time_major=False,
+                      final="ok"):
+    """The notebook's function with the given faults (all three LSTM_BUGS: the function as given)."""
+    def run(xs, h0, c0, W_ih, W_hh, b_ih, b_hh):
+        hoisted = {"ok": b_ih + b_hh, "twice": b_ih + b_hh, "no_hh": b_ih, "no_ih": None}[bias]
+        in_loop = b_hh if bias in ("twice", "no_ih") else None
+        from_inputs = F.linear(xs, W_ih, hoisted)  # (B, T, 4H)
+        h, c, outputs = h0, c0, []
+        for t in range(xs.size(1)):
+            h_prev, c_prev = (h, c) if carry else (h0, c0)
+            parts = dict(zip(order, (from_inputs[:, t] + F.linear(h_prev, W_hh, in_loop)).chunk(4, dim=-1)))
+            i, f, g, o = parts["i"], parts["f"], parts["g"], parts["o"]
+            c_new = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c_prev if stale else c_new)
+            c = c_new
+            outputs.append(h if collect == "h" else c)
+        out = torch.stack(outputs, dim=0 if time_major else 1)
+        if final == "swap":
+            return out, c, h
+        return out, h, c
+
+    return run
+
+
+_LSTM_BUG_FLAGS = {"order": {"order": "ifog"}, "bias": {"bias": "twice"}, "stale": {"stale": True}}
+
+
+def _lstm_bug_mistakes():
+    out = []
+    for r in (3, 2, 1):
+        for combo in itertools.combinations(LSTM_BUGS, r):
+            flags = {k: v for b in combo for k, v in _LSTM_BUG_FLAGS[b].items()}
+            if r == 3:
+                name = "the function returned as given (all three bugs still in it)"
+                hint = ("it runs and every shape is right, but compare it with the chapter's lstm_cell unrolled "
+                        "on the same weights: look at how the gates are split, how often each bias is added, "
+                        "and which cell state h is made from.")
+            else:
+                name = "still buggy: " + " and ".join(LSTM_BUGS[b][0] for b in combo)
+                hint = " ".join(LSTM_BUGS[b][1] for b in combo)
+            out.append(Mistake(name, _lstm_seq_variant(**flags), hint))
+    return out
+
+
+def _lstm_seq_cases(g):
+    def case(name, B, T, D, H, scale=1.0, zero_state=False):
+        w = _uniform(g, H, scale)
+        xs = _randn(g, B, T, D)
+        h0, c0 = (torch.zeros(B, H), torch.zeros(B, H)) if zero_state else (_randn(g, B, H, scale=0.5),
+                                                                             _randn(g, B, H))
+        return Case(name, (xs, h0, c0, w(4 * H, D), w(4 * H, H), w(4 * H), w(4 * H)))
 
     return [
-        case("a batch of 3, D=5, H=4", (3,), 5, 4),
-        case("a batch of 8, D=6, H=16", (8,), 6, 16),
-        case("a single unbatched step, x (D,) and h, c (H,)", (), 3, 5),
-        case("two leading batch dims (2, 3, D)", (2, 3), 4, 6),
-        case("large weights (saturated gates)", (4,), 5, 4, scale=20.0),
-        case("H=1", (2,), 3, 1),
+        case("B=3, T=5, D=4, H=6", 3, 5, 4, 6),
+        case("a single step (T=1), B=2, D=3, H=5", 2, 1, 3, 5),
+        case("zero initial states, B=4, T=7, D=5, H=4", 4, 7, 5, 4, zero_state=True),
+        case("one long sequence: B=1, T=12, D=2, H=8", 1, 12, 2, 8),
+        case("large weights (saturated gates), B=3, T=4, D=5, H=4", 3, 4, 5, 4, scale=10.0),
+        case("H=1, B=2, T=6, D=3", 2, 6, 3, 1),
     ]
 
 
-def _lstm_variant(order="ifgo", g_act=torch.tanh, cell_tanh=True, old_c=False, bias_hh=True, swap=False,
-                  gate_sigmoid=True, o_sigmoid=True):
-    def cell(x, h, c, W_ih, W_hh, b_ih, b_hh):
-        gates = F.linear(x, W_ih, b_ih) + F.linear(h, W_hh, b_hh if bias_hh else None)
-        parts = dict(zip(order, gates.chunk(4, dim=-1)))
-        i, f, gg, o = parts["i"], parts["f"], parts["g"], parts["o"]
-        gate = torch.sigmoid if gate_sigmoid else (lambda t: t)
-        c_new = gate(f) * c + gate(i) * g_act(gg)
-        shown = c if old_c else c_new
-        h_new = (torch.sigmoid(o) if o_sigmoid else o) * (torch.tanh(shown) if cell_tanh else shown)
-        return (c_new, h_new) if swap else (h_new, c_new)
+def _explain_lstm_seq(got, want, *args):
+    got = _tensors(got, 3)
+    if got is None or got[0].shape != want[0].shape:
+        return None
+    steps = [_close(got[0][:, t], want[0][:, t]) for t in range(want[0].shape[1])]
+    if not steps[0]:
+        return ("`outputs` are already wrong at the first step (t = 0): look at one step on its own — how the "
+                "gates are split, the biases, the order of the two updates")
+    if not all(steps):
+        k = steps.index(False)
+        return (f"`outputs` are right up to step {k - 1} and wrong from step {k} on: look at what one step "
+                "hands to the next (h and c)")
+    return ("`outputs` are right at every step, the final state is not: return the h and c of the last step, "
+            "in the order h_T, c_T")
 
-    return cell
 
-
-LSTM_CELL = Exercise(
-    id=f"{CHAPTER}/lstm_cell",
-    title="An LSTM cell with PyTorch's gate order",
-    reference=lstm_cell,
-    cases=_lstm_cases,
-    output_names=("h_new", "c_new"),
-    mistakes=[
-        Mistake("the gates in the order i, f, o, g (PyTorch's order is i, f, g, o)", _lstm_variant(order="ifog"),
-                "split the 4H pre-activations with .chunk(4, dim=-1) into i, f, g, o — the candidate g is third."),
-        Mistake("the input and forget gates swapped (f, i, g, o)", _lstm_variant(order="figo"),
-                "the first quarter of the rows belongs to the input gate i, the second to the forget gate f."),
-        Mistake("sigmoid and tanh swapped for the candidate g", _lstm_variant(g_act=torch.sigmoid),
-                "i, f and o are gates (sigmoid, between 0 and 1); the candidate g is a value (tanh, between -1 and 1)."),
-        Mistake("h_new without the tanh of the cell state", _lstm_variant(cell_tanh=False),
-                "h_new = sigmoid(o) * tanh(c_new): the memory is squashed before it is shown."),
-        Mistake("h_new computed from the old cell state c", _lstm_variant(old_c=True),
-                "compute c_new first, then h_new = sigmoid(o) * tanh(c_new)."),
-        Mistake("the bias b_hh left out", _lstm_variant(bias_hh=False),
-                "PyTorch has two bias vectors and adds both: W_ih x + b_ih + W_hh h + b_hh."),
-        Mistake("(c_new, h_new) returned in the wrong order", _lstm_variant(swap=True),
-                "return h_new first, then c_new — the order of nn.LSTMCell's (h, c)."),
-        Mistake("the input and forget gates used without their sigmoid", _lstm_variant(gate_sigmoid=False),
-                "i and f are gates: squash them with torch.sigmoid into (0, 1) before they scale anything."),
-        Mistake("the output gate used without its sigmoid", _lstm_variant(o_sigmoid=False),
-                "h_new = sigmoid(o) * tanh(c_new): o is a gate too."),
-        Mistake("TensorFlow's gate order i, g, f, o (PyTorch's is i, f, g, o)", _lstm_variant(order="igfo"),
-                "Keras/TensorFlow stack input, candidate, forget, output; PyTorch stacks input, forget, candidate, "
-                "output: the candidate is the third quarter."),
-        Mistake("the candidate g used without its tanh", _lstm_variant(g_act=lambda t: t),
-                "the candidate is a value in (-1, 1): torch.tanh(g) goes into the cell state."),
+LSTM_SEQUENCE = Exercise(
+    id=f"{CHAPTER}/lstm_sequence",
+    title="Find and fix the bugs: an LSTM layer with its input projection hoisted out of the loop",
+    reference=lstm_sequence,
+    cases=_lstm_seq_cases,
+    output_names=("outputs", "h_T", "c_T"),
+    forbidden=("lstm_cell", "unroll", "LSTM", "LSTMCell", "torch.lstm"),
+    forbidden_why="fix the given function itself rather than call a finished cell or layer (compare with them "
+                  "outside your function)",
+    explain=_explain_lstm_seq,
+    mistakes=_lstm_bug_mistakes() + [
+        Mistake("the bias b_hh left out", _lstm_seq_variant(bias="no_hh"),
+                "PyTorch adds both bias vectors at every step, W_ih x_t + b_ih + W_hh h + b_hh: keep b_hh in "
+                "exactly one of the two places."),
+        Mistake("the bias b_ih left out", _lstm_seq_variant(bias="no_ih"),
+                "PyTorch adds both bias vectors at every step, W_ih x_t + b_ih + W_hh h + b_hh."),
+        Mistake("the input and forget gates swapped (f, i, g, o)", _lstm_seq_variant(order="figo"),
+                "the first quarter of the 4H rows belongs to the input gate i, the second to the forget gate f."),
+        Mistake("the gates 'fixed' to TensorFlow's order i, g, f, o (PyTorch's is i, f, g, o)",
+                _lstm_seq_variant(order="igfo"),
+                "Keras/TensorFlow stack input, candidate, forget, output; PyTorch stacks input, forget, "
+                "candidate, output: the forget gate is the second quarter, the candidate the third."),
+        Mistake("outputs that collect the cell state c instead of h", _lstm_seq_variant(collect="c"),
+                "the layer's output at step t is the hidden state h_t (what nn.LSTM returns); c stays inside."),
+        Mistake("the state not carried from step to step (h0 and c0 used at every step)",
+                _lstm_seq_variant(carry=False),
+                "step t starts from the h and c of step t - 1: assign the new values to the variables the next "
+                "step reads."),
+        Mistake("outputs stacked time-major, (T, B, H)", _lstm_seq_variant(time_major=True),
+                "the batch comes first, as in xs: stack the T states of shape (B, H) with dim=1."),
+        Mistake("(c_T, h_T) returned in the wrong order", _lstm_seq_variant(final="swap"),
+                "return outputs, then h_T, then c_T — the order of nn.LSTM's (h_n, c_n)."),
     ],
 )
 
 
-# ----------------------------------------------------------------------------- 2. GRU cell
-def _gru_cases(g):
-    def case(name, lead, D, H, scale=1.0):
-        return Case(name, _cell_args(g, lead, D, H, 3, scale))
+# ----------------------------------------------------------------------------- 2. a GRU over a padded batch
+def gru_with_lengths(xs, lengths, h0, W_ih, W_hh, b_ih, b_hh):
+    """A GRU layer over a padded batch: sequence b has lengths[b] real steps, then padding.
 
-    return [
-        case("a batch of 3, D=5, H=4", (3,), 5, 4),
-        case("a batch of 8, D=6, H=16", (8,), 6, 16),
-        case("a single unbatched step, x (D,) and h (H,)", (), 3, 5),
-        case("two leading batch dims (2, 3, D)", (2, 3), 4, 6),
-        case("large weights (saturated gates)", (4,), 5, 4, scale=20.0),
-    ]
+    xs: (B, T, D)   lengths: (B,) integers in 1 … T   h0: (B, H)   W_ih: (3H, D)   W_hh: (3H, H)
+    returns outputs (B, T, H) — h at every real step, exactly 0 at padded steps — and h_n (B, H),
+    each sequence's state after its own last real step (what nn.GRU gives for a packed batch)
+    """
+    h, outputs = h0, []
+    for t in range(xs.size(1)):
+        real = (lengths.to(xs.device) > t)[:, None]  # (B, 1): is step t a real step of sequence b?
+        h = torch.where(real, gru_cell(xs[:, t], h, W_ih, W_hh, b_ih, b_hh), h)  # frozen after the end
+        outputs.append(torch.where(real, h, torch.zeros_like(h)))
+    return torch.stack(outputs, dim=1), h
 
 
 def _gru_variant(order="rzn", reset="torch", n_act=torch.tanh, swap_z=False, z_act=torch.sigmoid, update=True):
@@ -120,10 +213,6 @@ def _gru_variant(order="rzn", reset="torch", n_act=torch.tanh, swap_z=False, z_a
             n = n_act(gx["n"] + F.linear(r * h, W_hn, b_hn))
         elif reset == "no_bias":
             n = n_act(gx["n"] + r * F.linear(h, W_hn) + b_hn)
-        elif reset == "outside":
-            n = n_act(r * (gx["n"] + gh["n"]))
-        elif reset == "input":
-            n = n_act(r * gx["n"] + gh["n"])
         else:  # "none"
             n = n_act(gx["n"] + gh["n"])
         if not update:
@@ -133,34 +222,109 @@ def _gru_variant(order="rzn", reset="torch", n_act=torch.tanh, swap_z=False, z_a
     return cell
 
 
-GRU_CELL = Exercise(
-    id=f"{CHAPTER}/gru_cell",
-    title="A GRU cell with PyTorch's gate order",
-    reference=gru_cell,
-    cases=_gru_cases,
+def _gru_len_variant(freeze=True, zero_pad=True, final="state", reach=0, left=False, use_h0=True,
+                     cell=gru_cell):
+    def run(xs, lengths, h0, W_ih, W_hh, b_ih, b_hh):
+        T = xs.size(1)
+        h, outputs = (h0 if use_h0 else torch.zeros_like(h0)), []
+        for t in range(T):
+            real = (T - lengths <= t) if left else (lengths + reach > t)
+            real = real[:, None]
+            new = cell(xs[:, t], h, W_ih, W_hh, b_ih, b_hh)
+            h = torch.where(real, new, h) if freeze else new
+            outputs.append(torch.where(real, h, torch.zeros_like(h)) if zero_pad else h)
+        out = torch.stack(outputs, dim=1)
+        return out, (out[:, -1] if final == "last_column" else h)
+
+    return run
+
+
+def _gru_len_cases(g):
+    def case(name, lengths, T, D, H, scale=1.0, dtype=torch.int64):
+        w = _uniform(g, H, scale)
+        B = len(lengths)
+        return Case(name, (_randn(g, B, T, D), torch.tensor(lengths, dtype=dtype), _randn(g, B, H, scale=0.5),
+                           w(3 * H, D), w(3 * H, H), w(3 * H), w(3 * H)))
+
+    return [
+        case("B=3, T=5, lengths [5, 2, 4], D=4, H=6", [5, 2, 4], 5, 4, 6),
+        case("no padding: lengths [6, 6] = T, D=3, H=5", [6, 6], 6, 3, 5),
+        case("a sequence of length 1 among longer ones: lengths [1, 7, 3], T=7", [1, 7, 3], 7, 4, 4),
+        case("one sequence shorter than T: lengths [3], T=8", [3], 8, 2, 6),
+        case("int32 lengths [2, 6, 6, 1], large weights (saturated gates)", [2, 6, 6, 1], 6, 5, 4, scale=8.0,
+             dtype=torch.int32),
+        case("H=1, lengths [4, 1], T=4", [4, 1], 4, 3, 1),
+    ]
+
+
+def _explain_gru_len(got, want, xs, lengths, *rest):
+    got = _tensors(got, 2)
+    if got is None or got[0].shape != want[0].shape:
+        return None
+    T = xs.shape[1]
+    real = (torch.arange(T)[None, :] < lengths.cpu()[:, None])  # (B, T)
+    out, w_out = got[0].detach().cpu().double(), want[0].detach().cpu().double()
+    wrong = ~torch.isclose(out, w_out, atol=1e-5, rtol=1e-4).all(dim=-1)  # (B, T)
+    if (wrong & real).any():
+        t = int((wrong & real).any(dim=0).nonzero()[0])
+        if t == 0:
+            return ("`outputs` are wrong already at the first step of a real sequence: look at the start state "
+                    "h0 and the cell itself (gate order r, z, n; r inside on W_hn h + b_hn; (1 - z) * n + z * h)")
+        return (f"`outputs` are right at the first real steps but wrong from step {t} on, inside a sequence: "
+                "look at which steps count as real (step t is real when t < lengths[b]) and at the state carried")
+    if (wrong & ~real).any():
+        return "`outputs` are right at every real step but not at the padded ones: they must be exactly 0 there"
+    short = lengths.cpu() < T
+    bad = ~torch.isclose(got[1].detach().cpu().double(), want[1].detach().cpu().double(),
+                         atol=1e-5, rtol=1e-4).all(dim=-1)
+    if (bad & short).any() and not (bad & ~short).any():
+        return ("`outputs` are right, but `h_n` is wrong for the sequences that end before T: h_n is each "
+                "sequence's state after its own last real step")
+    return None
+
+
+GRU_LENGTHS = Exercise(
+    id=f"{CHAPTER}/gru_with_lengths",
+    title="A GRU over a padded batch: freeze the state after each sequence's end",
+    reference=gru_with_lengths,
+    cases=_gru_len_cases,
+    output_names=("outputs", "h_n"),
+    forbidden=("GRU", "torch.gru", "pack_padded_sequence"),
+    forbidden_why="write the loop and the masking yourself (gru_cell from the chapter is allowed; compare with "
+                  "nn.GRU outside your function)",
+    explain=_explain_gru_len,
     mistakes=[
-        Mistake("z and 1 − z swapped", _gru_variant(swap_z=True),
-                "PyTorch's update is h_new = (1 - z) * n + z * h: z is the share of the *old* state that is kept."),
-        Mistake("the gates in the order z, r, n (PyTorch's order is r, z, n)", _gru_variant(order="zrn"),
-                "split the 3H rows with .chunk(3, dim=-1) into r, z, n — the reset gate comes first."),
-        Mistake("the reset gate applied to h before the matrix product (the original paper's variant)",
-                _gru_variant(reset="before"),
-                "PyTorch applies r *after* the product: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))."),
-        Mistake("the reset gate applied outside the hidden-state product, missing its bias b_hn",
-                _gru_variant(reset="no_bias"),
-                "r multiplies the whole hidden-state term, bias included: r * (W_hn h + b_hn)."),
-        Mistake("the reset gate applied to the whole pre-activation", _gru_variant(reset="outside"),
-                "r multiplies only the hidden-state term (W_hn h + b_hn), not the input term W_in x + b_in."),
-        Mistake("no reset gate in the candidate", _gru_variant(reset="none"),
-                "the candidate is n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): r must scale the hidden part."),
-        Mistake("sigmoid and tanh swapped for the candidate n", _gru_variant(n_act=torch.sigmoid),
-                "r and z are gates (sigmoid); the candidate n is a value in (-1, 1): tanh."),
-        Mistake("the reset gate applied to the input part of the candidate", _gru_variant(reset="input"),
-                "r decides how much of the *old state* the candidate sees: it multiplies W_hn h + b_hn, not W_in x + b_in."),
-        Mistake("h_new = n (the update gate z not used)", _gru_variant(update=False),
-                "the new state mixes the candidate and the old state: (1 - z) * n + z * h."),
-        Mistake("tanh instead of sigmoid for the update gate z", _gru_variant(z_act=torch.tanh),
-                "z is a gate, a share between 0 and 1: torch.sigmoid."),
+        Mistake("the padding steps run through the cell (the state not frozen after a sequence ends)",
+                _gru_len_variant(freeze=False),
+                "after its last real step a sequence must not change any more: keep the old h where step t is "
+                "padding, torch.where(real, new_h, h), so that h_n is the state after the last *real* step."),
+        Mistake("no masking at all (a plain GRU over the padding)", _gru_len_variant(freeze=False, zero_pad=False),
+                "step t is padding for sequence b when t >= lengths[b]: there the state must stay as it was and "
+                "the output must be 0."),
+        Mistake("the padded outputs not zeroed (the frozen state repeated)", _gru_len_variant(zero_pad=False),
+                "the state is frozen correctly, but at padded steps the *output* must be exactly 0 (as "
+                "pad_packed_sequence gives): torch.where(real, h, 0) for the output only."),
+        Mistake("h_n taken at the last time step T − 1 (zeros for a sequence that ended earlier)",
+                _gru_len_variant(final="last_column"),
+                "outputs[:, -1] is padding for every sequence shorter than T; h_n is the state the loop carried, "
+                "frozen after each sequence's own last real step (and never reset to 0)."),
+        Mistake("one padding step read (t <= lengths[b])", _gru_len_variant(reach=1),
+                "a sequence of length L has the real steps t = 0, 1, …, L - 1: step t is real when t < L."),
+        Mistake("each sequence's last real step dropped (t < lengths[b] - 1)", _gru_len_variant(reach=-1),
+                "a sequence of length L has the real steps t = 0, 1, …, L - 1: step L - 1 is real too."),
+        Mistake("the padding taken to be at the start (left-padded sequences)", _gru_len_variant(left=True),
+                "here the padding comes *after* each sequence: the real steps are t = 0 … lengths[b] - 1."),
+        Mistake("h0 ignored (the loop starts from zeros)", _gru_len_variant(use_h0=False),
+                "start the loop from the given h0."),
+        Mistake("z and 1 − z swapped in the cell", _gru_len_variant(cell=_gru_variant(swap_z=True)),
+                "PyTorch's update is h_new = (1 - z) * n + z * h; or simply call the chapter's gru_cell."),
+        Mistake("the reset gate applied to h before the product (the original paper's GRU)",
+                _gru_len_variant(cell=_gru_variant(reset="before")),
+                "PyTorch's candidate is n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); or call the chapter's "
+                "gru_cell."),
+        Mistake("the gates in the order z, r, n (PyTorch's order is r, z, n)",
+                _gru_len_variant(cell=_gru_variant(order="zrn")),
+                "the 3H rows are stacked r, z, n; or call the chapter's gru_cell."),
     ],
 )
 
@@ -261,75 +425,142 @@ BPTT = Exercise(
 )
 
 
-# ----------------------------------------------------------------------------- 4. additive attention
-def _additive_cases(g):
-    def case(name, B, T, d_q, d_k, d_a, mask=None, v_scale=1.0):
-        return Case(name, (_randn(g, B, d_q), _randn(g, B, T, d_k), _randn(g, d_a, d_q, scale=d_q**-0.5),
-                           _randn(g, d_a, d_k, scale=d_k**-0.5), _randn(g, d_a, scale=v_scale), mask))
+# ----------------------------------------------------------------------------- 4. multiplicative attention, every step at once
+def multiplicative_attention(queries, keys, W, mask=None):
+    """Luong's "general" attention for all L decoder steps at once: s_bij = q_biᵀ W k_bj.
 
-    pad = torch.arange(6)[None, :] < torch.tensor([6, 3, 1, 4])[:, None]  # (4, 6): lengths 6, 3, 1, 4
-    return [
-        case("B=2, T=5, d_q=4, d_k=6, d_a=3", 2, 5, 4, 6, 3),
-        case("B=3, T=7, d_q=8, d_k=5, d_a=10", 3, 7, 8, 5, 10),
-        case("a single key (T=1)", 2, 1, 4, 6, 3),
-        case("a padding mask of shape (4, 6), lengths 6, 3, 1, 4", 4, 6, 5, 7, 4, mask=pad),
-        case("large scores (v scaled by 1000)", 3, 5, 4, 6, 3, v_scale=1000.0),
-    ]
+    queries: (B, L, d_q)   keys: (B, T, d_k)   W: (d_q, d_k)   mask: optional (B, T) bool, True = real key
+    returns context (B, L, d_k) — for each step the weighted average of the keys — and weights (B, L, T)
+    """
+    scores = queries @ F.linear(keys, W).transpose(-2, -1)  # (B, L, d_q) @ (B, d_q, T) -> (B, L, T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))  # the same keys hidden from every step
+    weights = torch.softmax(scores, dim=-1)  # (B, L, T)
+    return weights @ keys, weights  # (B, L, d_k), (B, L, T)
 
 
-def _additive_variant(tanh=True, axis=-1, mask_mode="fill", naive=False, swap=False):
-    def attention(query, keys, W_q, W_k, v, mask=None):
-        pre = F.linear(query, W_q)[:, None, :] + F.linear(keys, W_k)
-        scores = torch.tanh(pre @ v) if tanh == "after" else (torch.tanh(pre) if tanh else pre) @ v
-        if mask is not None and mask_mode == "fill":
-            scores = scores.masked_fill(~mask, float("-inf"))
-        if mask is not None and mask_mode == "inverted":
-            scores = scores.masked_fill(mask, float("-inf"))
-        if mask is not None and mask_mode == "inverted_big":
-            scores = scores.masked_fill(mask, -1e9)
-        if mask is not None and mask_mode == "zero":
-            scores = scores.masked_fill(~mask, 0.0)
-        weights = scores.exp() / scores.exp().sum(axis, keepdim=True) if naive else softmax(scores, dim=axis)
-        if mask is not None and mask_mode == "after":
-            weights = weights * mask
-        context = (weights[:, :, None] * keys).sum(1)
-        return (weights, context) if swap else (context, weights)
+def _mult_variant(transpose_w=False, axis=-1, mask_mode="fill", mask_axis="keys", scale=None, tanh=False,
+                  values="keys", naive=False, swap=False):
+    def attention(queries, keys, W, mask=None):
+        if transpose_w:  # q Wᵀ k: only runs when d_q = d_k
+            scores = F.linear(queries, W) @ keys.transpose(-2, -1)
+        else:
+            scores = queries @ F.linear(keys, W).transpose(-2, -1)
+        if scale is not None:
+            scores = scores / math.sqrt((keys if scale == "d_k" else queries).shape[-1])
+        if tanh:
+            scores = torch.tanh(scores)
+        m = None
+        if mask is not None:
+            m = {"keys": mask[:, None, :], "queries": mask[:, :, None], "flat": mask}[mask_axis]
+            if mask_mode == "fill":
+                scores = scores.masked_fill(~m, float("-inf"))
+            elif mask_mode == "inverted":
+                scores = scores.masked_fill(m, float("-inf"))
+            elif mask_mode == "inverted_big":
+                scores = scores.masked_fill(m, -1e9)
+            elif mask_mode == "zero":
+                scores = scores.masked_fill(~m, 0.0)
+        if naive:
+            weights = scores.exp() / scores.exp().sum(axis, keepdim=True)
+        else:
+            weights = torch.softmax(scores, dim=axis)
+        if m is not None and mask_mode == "after":
+            weights = weights * m
+        ctx = weights @ (keys if values == "keys" else F.linear(keys, W))
+        return (weights, ctx) if swap else (ctx, weights)
 
     return attention
 
 
-ADDITIVE = Exercise(
-    id=f"{CHAPTER}/additive_attention",
-    title="Additive (Bahdanau) attention",
-    reference=additive_attention,
-    cases=_additive_cases,
+def _mult_cases(g):
+    def case(name, B, L, T, d_q, d_k, lengths=None, q_scale=1.0):
+        mask = None if lengths is None else torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+        return Case(name, (_randn(g, B, L, d_q, scale=q_scale), _randn(g, B, T, d_k),
+                           _randn(g, d_q, d_k, scale=(d_q * d_k) ** -0.25), mask))
+
+    return [
+        case("B=2, L=4 decoder steps, T=5 keys, d_q = d_k = 6, no mask", 2, 4, 5, 6, 6),
+        case("B=4, L=4, T=4, d_q = d_k = 5, a padding mask (4, 4), lengths 4, 2, 3, 1", 4, 4, 4, 5, 5,
+             lengths=[4, 2, 3, 1]),
+        case("B=2, L=5, T=7, d_q=4, d_k=8, a padding mask (2, 7), lengths 7, 3", 2, 5, 7, 4, 8, lengths=[7, 3]),
+        case("one decoder step (L=1), B=3, T=6, d_q=6, d_k=3, lengths 6, 1, 4", 3, 1, 6, 6, 3,
+             lengths=[6, 1, 4]),
+        case("large scores (queries × 100), B=2, L=3, T=5, d_q = d_k = 4, lengths 5, 2", 2, 3, 5, 4, 4,
+             lengths=[5, 2], q_scale=100.0),
+        case("a single key (T=1), B=2, L=3, d_q=3, d_k=2", 2, 3, 1, 3, 2),
+    ]
+
+
+def _explain_mult(got, want, queries, keys, W, mask=None):
+    got = _tensors(got, 2)
+    if got is None or any(a.shape != b.shape for a, b in zip(got, want)):
+        return None
+    ctx, weights = (t.detach().cpu().double() for t in got)
+    if not torch.isfinite(weights).all():
+        return None
+    if not torch.allclose(weights.sum(-1), torch.ones_like(weights.sum(-1)), atol=1e-5):
+        return "The rows of `weights` do not sum to 1 over the T keys: the softmax goes over the last axis"
+    if mask is not None and (weights.abs() * ~mask[:, None, :].cpu()).amax() > 1e-6:
+        return ("`weights` put weight on padded keys (mask False): every decoder step must give them exactly 0 — "
+                "the (B, T) mask hides the same keys from all L steps")
+    if _close(got[1], want[1]):
+        return "`weights` are right but `context` is not: for each step it is the weighted average of the keys"
+    return ("`weights` sum to 1 and skip the padding, so the scores themselves are off: "
+            "s_bij = q_biᵀ W k_bj with W of shape (d_q, d_k) — no scale, no tanh")
+
+
+MULTIPLICATIVE = Exercise(
+    id=f"{CHAPTER}/multiplicative_attention",
+    title="Multiplicative (Luong) attention for every decoder step at once",
+    reference=multiplicative_attention,
+    cases=_mult_cases,
     output_names=("context", "weights"),
-    nan_hint="a large score overflows exp(); subtract the row maximum first or use torch.softmax",
+    nan_hint="a large score overflows exp(): use torch.softmax (it subtracts the row maximum); a row whose "
+             "mask allows no key also gives 0/0",
+    explain=_explain_mult,
     mistakes=[
-        Mistake("the tanh left out (scores vᵀ(W_q q + W_k k_j))", _additive_variant(tanh=False),
-                "score_j = vᵀ tanh(W_q q + W_k k_j). Without tanh the query adds the same number to every "
-                "score, so it cannot change the weights at all."),
-        Mistake("the softmax over the batch axis", _additive_variant(axis=0),
-                "each query's weights over its T keys must sum to 1: softmax over the last axis (dim=-1)."),
-        Mistake("the mask ignored", _additive_variant(mask_mode="ignore"),
-                "where mask is False, set the score to -inf before the softmax."),
-        Mistake("an inverted mask (True treated as 'blocked')", _additive_variant(mask_mode="inverted"),
-                "in this book True means 'may attend': fill the scores where the mask is False (~mask)."),
-        Mistake("the naive softmax exp(s) / sum(exp(s))", _additive_variant(naive=True),
-                "big scores overflow exp(); subtract the row max first, or use torch.softmax."),
-        Mistake("(weights, context) returned in the wrong order", _additive_variant(swap=True),
-                "return the context first, then the weights."),
+        Mistake("W applied the other way round (q Wᵀ k)", _mult_variant(transpose_w=True),
+                "W has shape (d_q, d_k): it maps a key into the query's space, W k_j (F.linear(keys, W)), or "
+                "equivalently q_i W on the query's side — not F.linear(queries, W)."),
+        Mistake("the softmax over the decoder steps (dim=1) instead of the keys", _mult_variant(axis=1),
+                "each decoder step's weights over the T keys must sum to 1: softmax over the last axis."),
+        Mistake("the softmax over the batch axis (dim=0)", _mult_variant(axis=0),
+                "each decoder step's weights over its T keys must sum to 1: softmax over the last axis."),
+        Mistake("the mask ignored", _mult_variant(mask_mode="ignore"),
+                "where the mask is False the key is padding: its score becomes -inf before the softmax."),
+        Mistake("an inverted mask (True treated as 'blocked')", _mult_variant(mask_mode="inverted"),
+                "in this book True means a real key that may be attended: fill where the mask is False (~mask)."),
         Mistake("an inverted mask (True treated as 'blocked') filled with a large negative number",
-                _additive_variant(mask_mode="inverted_big"),
-                "True means 'may attend': fill where the mask is False (~mask). A finite fill such as -1e9 gives no "
-                "NaN, so the mistake only shows in the values: the weight sits on the padding."),
-        Mistake("masking with 0 instead of -inf", _additive_variant(mask_mode="zero"),
-                "a score of 0 still gets weight exp(0) > 0; use float('-inf') so padding gets weight exactly 0."),
-        Mistake("the mask applied after the softmax", _additive_variant(mask_mode="after"),
-                "zeroing weights after the softmax leaves rows that no longer sum to 1; mask the *scores* with -inf "
-                "before it."),
-        Mistake("the tanh applied after v (tanh(vᵀ(W_q q + W_k k)))", _additive_variant(tanh="after"),
-                "the tanh is the hidden layer, inside: score_j = vᵀ tanh(W_q q + W_k k_j)."),
+                _mult_variant(mask_mode="inverted_big"),
+                "True means a real key: fill where the mask is False (~mask). A finite fill such as -1e9 hides "
+                "the mistake — no NaN — but the weight sits on the padding."),
+        Mistake("the mask put on the decoder-step axis (mask[:, :, None])", _mult_variant(mask_axis="queries"),
+                "the (B, T) mask marks *keys*: it must broadcast over the L decoder steps, mask[:, None, :] "
+                "against scores (B, L, T)."),
+        Mistake("the (B, T) mask used as it is against (B, L, T) scores (broadcast as (1, B, T))",
+                _mult_variant(mask_axis="flat"),
+                "broadcasting lines up the *last* axes, so a (B, T) mask reads as (1, B, T): insert the "
+                "decoder-step axis, mask[:, None, :] (B, 1, T)."),
+        Mistake("masking with 0 instead of -inf", _mult_variant(mask_mode="zero"),
+                "a score of 0 still gets weight exp(0) > 0: use float('-inf') so padding gets weight exactly 0."),
+        Mistake("the mask applied after the softmax", _mult_variant(mask_mode="after"),
+                "zeroing weights after the softmax leaves rows that no longer sum to 1: mask the scores before it."),
+        Mistake("a 1/√d_k scale (chapter 04's dot product, not Luong's general score)", _mult_variant(scale="d_k"),
+                "Luong's general score is q_iᵀ W k_j with no scale: a learned W can set its own size."),
+        Mistake("a 1/√d_q scale (chapter 04's dot product, not Luong's general score)", _mult_variant(scale="d_q"),
+                "Luong's general score is q_iᵀ W k_j with no scale: a learned W can set its own size."),
+        Mistake("a tanh around the score (mixing in additive attention)", _mult_variant(tanh=True),
+                "the multiplicative score is the bilinear form q_iᵀ W k_j itself; the tanh belongs to the "
+                "additive score's hidden layer."),
+        Mistake("the context averaged from the projected keys W k_j instead of the keys",
+                _mult_variant(values="projected"),
+                "W only serves the score: the context is the weighted average of the keys themselves, "
+                "weights @ keys (B, L, d_k)."),
+        Mistake("the naive softmax exp(s) / sum(exp(s))", _mult_variant(naive=True),
+                "big scores overflow exp(): subtract the row maximum first, or use torch.softmax."),
+        Mistake("(weights, context) returned in the wrong order", _mult_variant(swap=True),
+                "return the context first, then the weights."),
     ],
 )
 
@@ -367,4 +598,4 @@ PREDICT_PARAMS = Exercise(
     ],
 )
 
-EXERCISES = [LSTM_CELL, GRU_CELL, BPTT, ADDITIVE, PREDICT_PARAMS]
+EXERCISES = [LSTM_SEQUENCE, GRU_LENGTHS, BPTT, MULTIPLICATIVE, PREDICT_PARAMS]
