@@ -89,3 +89,37 @@ def test_sampling_is_reproducible_and_temperature_zero_is_greedy():
     assert only_top == {1}
     with pytest.raises(ValueError):
         next_token(logits, temperature=-1)
+
+
+# ----------------------------------------------------------------------------- T5's relative position buckets
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (16, 64), (8, 20)])
+def test_buckets_equal_transformers_t5(bidirectional, num_buckets, max_distance):
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    from book.t5 import relative_position_bucket
+
+    rel = torch.arange(-400, 401)[None, :].repeat(2, 1)
+    ours = relative_position_bucket(rel, bidirectional, num_buckets, max_distance)
+    theirs = T5Attention._relative_position_bucket(rel, bidirectional=bidirectional, num_buckets=num_buckets,
+                                                   max_distance=max_distance)
+    assert torch.equal(ours, theirs)
+
+
+def test_near_distances_are_exact_and_far_ones_share_buckets():
+    from book.t5 import relative_position_bucket
+
+    b = relative_position_bucket(torch.arange(-200, 201), bidirectional=True, num_buckets=32, max_distance=128)
+    at = lambda d: b[d + 200].item()  # noqa: E731
+    assert len({at(d) for d in range(0, 8)}) == 8 and at(1) != at(-1)  # exact, and the two sides differ
+    assert at(128) == at(200) == 31 and at(-128) == at(-200) == 15  # beyond max_distance: the last bucket
+    assert at(60) == at(61)  # far away: log-spaced, shared
+
+
+def test_relative_bias_shape_and_offset_for_decoding():
+    from book.t5 import RelativePositionBias
+
+    bias = RelativePositionBias(num_heads=4, bidirectional=False)
+    full = bias(6, 6)
+    assert full.shape == (4, 6, 6)
+    assert torch.equal(bias(1, 6, start=5), full[:, 5:6])  # the last query alone, as with a cache
