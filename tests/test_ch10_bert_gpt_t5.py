@@ -123,3 +123,27 @@ def test_relative_bias_shape_and_offset_for_decoding():
     full = bias(6, 6)
     assert full.shape == (4, 6, 6)
     assert torch.equal(bias(1, 6, start=5), full[:, 5:6])  # the last query alone, as with a cache
+
+
+# ----------------------------------------------------------------------------- BERT's 80/10/10 masking
+def test_masking_follows_the_80_10_10_rule_and_skips_special_tokens():
+    from book.bert import IGNORE, mask_tokens
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 1000, (200, 100), generator=g)
+    special = torch.zeros_like(ids, dtype=torch.bool)
+    special[:, 0] = special[:, -1] = True  # [CLS] and [SEP] positions
+    inputs, labels = mask_tokens(ids, mask_id=1, vocab_size=1000, special=special, generator=g)
+    target = labels != IGNORE
+    assert not target[special].any() and torch.equal(labels[target], ids[target])
+    assert torch.equal(inputs[~target], ids[~target])  # only targets change
+    share = target[~special].float().mean().item()
+    assert abs(share - 0.15) < 0.01
+    masked = (inputs[target] == 1).float().mean().item()
+    kept = (inputs[target] == ids[target]).float().mean().item()
+    assert abs(masked - 0.8) < 0.02 and abs(kept - 0.1 - 1 / 1000 * 0.1) < 0.02
+    again = mask_tokens(ids, 1, 1000, special=special, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(again[0], mask_tokens(ids, 1, 1000, special=special,
+                                             generator=torch.Generator().manual_seed(3))[0])
+    with pytest.raises(ValueError):
+        mask_tokens(ids, 1, 1000, p=1.5)
