@@ -8,11 +8,10 @@ stable binary cross-entropy on logits.
 """
 from __future__ import annotations
 
-import itertools
 
 import torch
 
-from book.grader.core import Case, Exercise, Mistake
+from book.grader.core import Case, Exercise, Mistake, bug_combinations
 from book.maths import logsumexp
 
 CHAPTER = "01_linear_algebra"
@@ -206,20 +205,13 @@ COS_BUGS = {  # the three bugs of the notebook's buggy_cosine_attention
 
 
 def _cos_bug_mistakes():
-    out = []
-    for r in (3, 2, 1):
-        for combo in itertools.combinations(COS_BUGS, r):
-            settings = {k: v for b in combo for k, v in COS_BUGS[b][0].items()}
-            if r == 3:
-                name = "the function returned as given (all three bugs still in it)"
-                hint = ("it runs and every shape is right, but compare it with the chapter's attention map "
-                        "(queries = keys): look at which axis each norm and the softmax run over, and at "
-                        "what the temperature does.")
-            else:
-                name = "still buggy: " + " and ".join(COS_BUGS[b][1] for b in combo)
-                hint = " ".join(COS_BUGS[b][2] for b in combo)
-            out.append(Mistake(name, _cos_attention_variant(**settings), hint))
-    return out
+    def variant(combo):
+        return _cos_attention_variant(**{k: v for b in combo for k, v in COS_BUGS[b][0].items()})
+
+    return bug_combinations({b: COS_BUGS[b][1:] for b in COS_BUGS}, variant,
+                            ("it runs and every shape is right, but compare it with the chapter's attention map "
+                             "(queries = keys): look at which axis each norm and the softmax run over, and at "
+                             "what the temperature does."))
 
 
 def _cos_attention_cases(g):

@@ -2,7 +2,7 @@
 
 Two exercises grade things a reference output can't capture — a module (``Linear``) and a training
 loop (``fit``) — with a ``judge``. Their catalogued mistakes are *probes*: objects that compare equal
-to the learner's result when it shows the mistake's symptom (see ``_Probe``), so the grader's usual
+to the learner's result when it shows the mistake's symptom (see ``core.Probe``), so the grader's usual
 mistake matching can name them.
 """
 from __future__ import annotations
@@ -18,28 +18,13 @@ from torch import nn
 from book import convert
 from book.attention import softmax
 from book.maths import cross_entropy
-from book.grader.core import Case, Exercise, Mistake
+from book.grader.core import Case, Exercise, Mistake, Probe
 
 CHAPTER = "02_pytorch_essentials"
 
 
 def _randn(gen, *shape, scale=1.0, dtype=torch.float32):
     return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
-
-
-class _Probe:
-    """Compares equal to a learner's result when ``test(result)`` says it shows one mistake's symptom."""
-
-    def __init__(self, test):
-        self.test = test
-
-    def __eq__(self, other):
-        try:
-            return bool(self.test(other))
-        except Exception:
-            return False
-
-    __hash__ = None
 
 
 # ----------------------------------------------------------------------------- 1. a Linear layer
@@ -138,15 +123,15 @@ def _untransposed_probe(n_in, n_out, bias):
         return n_in == n_out and _forward_matches(
             module, n_in, n_out, bias, lambda x, W, b: x @ W + (0 if b is None else b))
 
-    return _Probe(test)
+    return Probe(test)
 
 
 def _plain_tensor_probe(n_in, n_out, bias):
-    return _Probe(lambda m: not list(m.parameters()) and isinstance(getattr(m, "weight", None), torch.Tensor))
+    return Probe(lambda m: not list(m.parameters()) and isinstance(getattr(m, "weight", None), torch.Tensor))
 
 
 def _zero_init_probe(n_in, n_out, bias):
-    return _Probe(lambda m: bool((dict(m.named_parameters())["weight"] == 0).all()))
+    return Probe(lambda m: bool((dict(m.named_parameters())["weight"] == 0).all()))
 
 
 def _randn_init_probe(n_in, n_out, bias):
@@ -154,7 +139,7 @@ def _randn_init_probe(n_in, n_out, bias):
         w = dict(m.named_parameters())["weight"].detach()
         return w.std() > 0.5 and w.abs().max() > 1 / math.sqrt(n_in)
 
-    return _Probe(test)
+    return Probe(test)
 
 
 def _weights_of(m):
@@ -167,12 +152,12 @@ def _one_over_in_probe(n_in, n_out, bias):
         w = _weights_of(m)
         return n_in > 1 and w.abs().max() <= (1 + 1e-6) / n_in and w.std() > 0.3 / n_in / math.sqrt(3)
 
-    return _Probe(test)
+    return Probe(test)
 
 
 def _rand_init_probe(n_in, n_out, bias):
     """torch.rand: uniform in [0, 1), never negative."""
-    return _Probe(lambda m: bool((_weights_of(m) >= 0).all()) and _weights_of(m).max() > 1 / math.sqrt(n_in))
+    return Probe(lambda m: bool((_weights_of(m) >= 0).all()) and _weights_of(m).max() > 1 / math.sqrt(n_in))
 
 
 def _normal_scaled_probe(n_in, n_out, bias):
@@ -182,15 +167,15 @@ def _normal_scaled_probe(n_in, n_out, bias):
         b = 1 / math.sqrt(n_in)
         return w.abs().max() > b and 0.6 < w.std().item() / b < 1.6 and (w < 0).any()
 
-    return _Probe(test)
+    return Probe(test)
 
 
 def _bias_ignored_probe(n_in, n_out, bias):
-    return _Probe(lambda m: _forward_matches(m, n_in, n_out, bias, lambda x, W, b: x @ W.T))
+    return Probe(lambda m: _forward_matches(m, n_in, n_out, bias, lambda x, W, b: x @ W.T))
 
 
 def _bias_always_probe(n_in, n_out, bias):
-    return _Probe(lambda m: "bias" in dict(m.named_parameters()))
+    return Probe(lambda m: "bias" in dict(m.named_parameters()))
 
 
 LINEAR = Exercise(
@@ -464,7 +449,7 @@ def _params_unchanged(model):
 
 
 def _no_step_probe(model, x, y):
-    return _Probe(lambda result: _params_unchanged(model))
+    return Probe(lambda result: _params_unchanged(model))
 
 
 def _diverged_probe(model, x, y):
@@ -472,7 +457,7 @@ def _diverged_probe(model, x, y):
         mse = _mse(model, x, y)
         return not math.isfinite(mse) or mse > _INITIAL[model][1]
 
-    return _Probe(test)
+    return Probe(test)
 
 
 def _broadcast_loss_probe(model, x, y):
@@ -481,7 +466,7 @@ def _broadcast_loss_probe(model, x, y):
             pred = model(x).squeeze(-1)
         return not _params_unchanged(model) and pred.std() < 0.05 * y.std()
 
-    return _Probe(test)
+    return Probe(test)
 
 
 def _no_zero_grad_probe(model, x, y):
@@ -494,7 +479,7 @@ def _no_zero_grad_probe(model, x, y):
         stored = torch.cat([p.grad.flatten() for p in params]).norm()
         return bool(stored > 10 * torch.cat([f.flatten() for f in fresh]).norm() + 1e-3)
 
-    return _Probe(test)
+    return Probe(test)
 
 
 def fit_reference(model, x, y):

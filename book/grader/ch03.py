@@ -11,7 +11,6 @@ GRU, weights of shape (out, in)), so the references are checked against ``torch.
 """
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from book.attention import softmax
-from book.grader.core import Case, Exercise, Mistake
+from book.grader.core import Case, Exercise, Mistake, bug_combinations
 from book.rnn import gru_cell, lstm_cell, unroll
 
 CHAPTER = "03_sequence_models"
@@ -98,20 +97,13 @@ _LSTM_BUG_FLAGS = {"order": {"order": "ifog"}, "bias": {"bias": "twice"}, "stale
 
 
 def _lstm_bug_mistakes():
-    out = []
-    for r in (3, 2, 1):
-        for combo in itertools.combinations(LSTM_BUGS, r):
-            flags = {k: v for b in combo for k, v in _LSTM_BUG_FLAGS[b].items()}
-            if r == 3:
-                name = "the function returned as given (all three bugs still in it)"
-                hint = ("it runs and every shape is right, but compare it with the chapter's lstm_cell unrolled "
-                        "on the same weights: look at how the gates are split, how often each bias is added, "
-                        "and which cell state h is made from.")
-            else:
-                name = "still buggy: " + " and ".join(LSTM_BUGS[b][0] for b in combo)
-                hint = " ".join(LSTM_BUGS[b][1] for b in combo)
-            out.append(Mistake(name, _lstm_seq_variant(**flags), hint))
-    return out
+    def variant(combo):
+        return _lstm_seq_variant(**{k: v for b in combo for k, v in _LSTM_BUG_FLAGS[b].items()})
+
+    return bug_combinations(LSTM_BUGS, variant,
+                            ("it runs and every shape is right, but compare it with the chapter's lstm_cell unrolled "
+                             "on the same weights: look at how the gates are split, how often each bias is added, "
+                             "and which cell state h is made from."))
 
 
 def _lstm_seq_cases(g):

@@ -9,13 +9,12 @@ and two shapes.
 """
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
 
 from book.attention import padding_mask, scaled_dot_product_attention, softmax
-from book.grader.core import Case, Exercise, Mistake
+from book.grader.core import Case, Exercise, Mistake, bug_combinations
 
 CHAPTER = "04_self_attention"
 
@@ -110,19 +109,10 @@ def _cross_cases(g):
 
 
 def _cross_bug_mistakes():
-    out = []
-    for r in (3, 2, 1):
-        for combo in itertools.combinations(BUGS, r):
-            if r == 3:
-                name = "the function returned as given (all three bugs still in it)"
-                hint = ("it runs and every shape is right, but compare it with the chapter's "
-                        "scaled_dot_product_attention on the same q, k, v and padding mask: look at the scale, "
-                        "at the axis of the softmax, and at a batch with an empty sequence.")
-            else:
-                name = "still buggy: " + " and ".join(BUGS[b][0] for b in combo)
-                hint = " ".join(BUGS[b][1] for b in combo)
-            out.append(Mistake(name, _cross_variant(combo), hint))
-    return out
+    return bug_combinations(BUGS, _cross_variant,
+                            ("it runs and every shape is right, but compare it with the chapter's "
+                             "scaled_dot_product_attention on the same q, k, v and padding mask: look at the scale, "
+                             "at the axis of the softmax, and at a batch with an empty sequence."))
 
 
 def _explain_cross(got, want, x_q, x_kv, kv_lengths, *weights):

@@ -7,14 +7,13 @@ loop over weight slices, and a parameter count for any head shape.
 """
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
 import torch.nn.functional as F
 
 from book.attention import causal_mask, padding_mask, scaled_dot_product_attention
-from book.grader.core import Case, Exercise, Mistake
+from book.grader.core import Case, Exercise, Mistake, bug_combinations
 from book.multihead import merge_heads, multi_head_attention, split_heads
 
 CHAPTER = "05_multi_head_attention"
@@ -120,18 +119,9 @@ def _packed_cases(g):
 
 
 def _bug_mistakes():
-    out = []
-    for r in (3, 2, 1):
-        for combo in itertools.combinations(BUGS, r):
-            if r == 3:
-                name = "the function returned as given (all three bugs still in it)"
-                hint = ("it runs and has the right shapes, but compare it with multi_head_attention on the same "
-                        "weights (w_qkv.chunk(3)): look at how the packed features are cut, at the scale, at the mask.")
-            else:
-                name = "still buggy: " + " and ".join(BUGS[b][0] for b in combo)
-                hint = " ".join(BUGS[b][1] for b in combo)
-            out.append(Mistake(name, _packed_variant(combo), hint))
-    return out
+    return bug_combinations(BUGS, _packed_variant,
+                            ("it runs and has the right shapes, but compare it with multi_head_attention on the same "
+                             "weights (w_qkv.chunk(3)): look at how the packed features are cut, at the scale, at the mask."))
 
 
 PACKED = Exercise(

@@ -9,12 +9,11 @@ interpolation and NTK-aware scaling, whose base the learner derives).
 """
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
 
-from book.grader.core import Case, Exercise, Mistake
+from book.grader.core import Case, Exercise, Mistake, bug_combinations
 from book.positional import apply_rope
 
 CHAPTER = "06_positional_encoding"
@@ -254,18 +253,9 @@ def _decode_cases(g):
 
 
 def _bug_mistakes():
-    out = []
-    for r in (3, 2, 1):
-        for combo in itertools.combinations(BUGS, r):
-            if r == 3:
-                name = "the function returned as given (all three bugs still in it)"
-                hint = ("it runs and has the right shapes, but compare it with apply_rope and the chapter's "
-                        "attention on the same inputs: look at the positions, at what gets rotated, at θ_i.")
-            else:
-                name = "still buggy: " + " and ".join(BUGS[b][0] for b in combo)
-                hint = " ".join(BUGS[b][1] for b in combo)
-            out.append(Mistake(name, _decode_variant(bugs=combo), hint))
-    return out
+    return bug_combinations(BUGS, lambda combo: _decode_variant(bugs=combo),
+                            ("it runs and has the right shapes, but compare it with apply_rope and the chapter's "
+                             "attention on the same inputs: look at the positions, at what gets rotated, at θ_i."))
 
 
 def _explain_decode(got, want, *args):

@@ -16,7 +16,6 @@ learner's parameter dict. Parameter dicts, as the exercise notebook describes th
 """
 from __future__ import annotations
 
-import itertools
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,7 @@ from torch import nn
 
 from book import convert
 from book.attention import causal_mask
-from book.grader.core import Case, Exercise, Mistake, clone, compare
+from book.grader.core import Case, Exercise, Mistake, bug_combinations, clone, compare
 from book.layers import DecoderLayer, decoder_self_mask, key_padding_mask, layer_norm, position_wise_ffn, torch_attn_mask
 from book.multihead import multi_head_attention
 
@@ -314,19 +313,11 @@ def _gated_cases(g):
 
 
 def _gated_mistakes():
-    out = []
-    for r in (3, 2, 1):  # the notebook's bugs, all of them and every partial fix
-        for combo in itertools.combinations(GATED_BUGS, r):
-            options = dict(GATED_BUGS[b] for b in combo)
-            slips = _slips(**options)
-            if r == 3:
-                name = "the function returned as given (all three bugs still in it)"
-                hint = ("it runs and every shape is right, but compare it, line by line, with the formula above the "
-                        "code: the norm's denominator, which branch goes through silu, what the residual adds.")
-            else:
-                name = "still buggy: " + " and ".join(s[0] for s in slips)
-                hint = " ".join(s[1] for s in slips)
-            out.append(Mistake(name, _gated_variant(**options), hint))
+    bugs = {b: _slips(**dict([GATED_BUGS[b]]))[0] for b in GATED_BUGS}  # key -> (name, hint)
+    out = bug_combinations(bugs, lambda combo: _gated_variant(**dict(GATED_BUGS[b] for b in combo)),
+                           ("it runs and every shape is right, but compare it, line by line, with the formula "
+                            "above the code: the norm's denominator, which branch goes through silu, what the "
+                            "residual adds."))
     for part, table in (("norm", GATED_NORM), ("gate", GATED_GATE), ("residual", GATED_RESIDUAL)):
         for option, (name, hint) in table.items():
             if (part, option) not in GATED_BUGS.values():

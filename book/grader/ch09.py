@@ -12,7 +12,6 @@ GPT-2-shaped state dict.
 """
 from __future__ import annotations
 
-import itertools
 import sys
 from collections.abc import Mapping
 
@@ -22,7 +21,7 @@ from torch import nn
 
 from book import bpe, convert
 from book.grader import core
-from book.grader.core import Case, Exercise, Mistake
+from book.grader.core import Case, Exercise, Mistake, Probe, bug_combinations
 from book.layers import ACTIVATIONS, EncoderLayer, LayerOptions, causal_mask
 from book.pretrained import BertConfig, BertEncoder
 
@@ -31,21 +30,6 @@ CHAPTER = "09_huggingface"
 
 def _randn(gen, *shape, scale=1.0):
     return torch.randn(*shape, generator=gen) * scale
-
-
-class _Probe:
-    """Compares equal to a learner's result when ``test(result)`` says it shows one mistake's symptom."""
-
-    def __init__(self, test):
-        self.test = test
-
-    def __eq__(self, other):
-        try:
-            return bool(self.test(other))
-        except Exception:
-            return False
-
-    __hash__ = None
 
 
 def _same(a, b) -> bool:
@@ -697,7 +681,7 @@ def _state_probe(plain):
     """A catalogued mistake for a dict result: equal to a learner's dict with the same keys and tensors."""
     def probe(*args):
         want = plain(*args)
-        return _Probe(lambda got: isinstance(got, Mapping) and set(got) == set(want)
+        return Probe(lambda got: isinstance(got, Mapping) and set(got) == set(want)
                       and all(_close(got[k], want[k], atol=1e-6, rtol=0) for k in want))
 
     probe.plain = plain
@@ -920,24 +904,16 @@ def _layer_probe(plain):
             return (isinstance(got, nn.Module) and _eps_of(got) == _eps_of(want)
                     and all(_close(_run_layer(got, t, is_real), _run_layer(want, t, is_real)) for t in (x, tiny)))
 
-        return _Probe(same)
+        return Probe(same)
 
     probe.plain = plain
     return probe
 
 
 def _bert_mistakes():
-    out = []
-    for r in (3, 2, 1):
-        for combo in itertools.combinations(BERT_BUGS, r):
-            if r == 3:
-                name = "the function returned as given (all three bugs still in it)"
-                hint = ("it runs without an error, but compare it with the chapter's HF_BERT map and with "
-                        "load_bert's layer: look at which tensors go where, at the layouts, at the LayerNorms.")
-            else:
-                name = "still buggy: " + " and ".join(BERT_BUGS[b][0] for b in combo)
-                hint = " ".join(BERT_BUGS[b][1] for b in combo)
-            out.append(Mistake(name, _layer_probe(_bert_variant(combo)), hint))
+    out = bug_combinations(BERT_BUGS, lambda combo: _layer_probe(_bert_variant(combo)),
+                           ("it runs without an error, but compare it with the chapter's HF_BERT map and with "
+                            "load_bert's layer: look at which tensors go where, at the layouts, at the LayerNorms."))
     out += [
         Mistake("query and key swapped", _layer_probe(_bert_variant(qk=True)),
                 "w_q takes attention.self.query, w_k attention.self.key, w_v attention.self.value."),

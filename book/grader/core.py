@@ -81,6 +81,48 @@ class Exercise:
         return self.id.split("/", 1)[0]
 
 
+class Probe:
+    """A mistake's output that is a test, not a value: compares equal to a learner's result when
+    ``test(result)`` says it shows the mistake's symptom (for results that can't be compared by
+    value, such as modules or dicts of tensors)."""
+
+    def __init__(self, test):
+        self.test = test
+
+    def __eq__(self, other):
+        try:
+            return bool(self.test(other))
+        except Exception:
+            return False
+
+    __hash__ = None
+
+
+_COUNT = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+
+
+def bug_combinations(bugs, variant, as_given_hint: str) -> list:
+    """The catalogue of a debug exercise whose notebook prints a broken function with several bugs.
+
+    ``bugs``: {key: (name, hint)}; ``variant(combo)``: the function with exactly the bugs in ``combo``
+    (a tuple of keys). Returns one Mistake for the function as given (all bugs), one for every partial
+    fix, and one for each bug alone — so a learner who fixed only some of them hears which remain.
+    """
+    import itertools
+
+    out = []
+    for r in range(len(bugs), 0, -1):
+        for combo in itertools.combinations(bugs, r):
+            if r == len(bugs):
+                name = f"the function returned as given (all {_COUNT.get(r, r)} bugs still in it)"
+                hint = as_given_hint
+            else:
+                name = "still buggy: " + " and ".join(bugs[b][0] for b in combo)
+                hint = " ".join(bugs[b][1] for b in combo)
+            out.append(Mistake(name, variant(combo), hint))
+    return out
+
+
 # ----------------------------------------------------------------------------- result
 @dataclass
 class Result:
