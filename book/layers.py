@@ -226,23 +226,24 @@ class DecoderLayer(nn.Module):
         self.self_attn_weights = None  # (B, h, T, T) of the last forward pass
         self.cross_attn_weights = None  # (B, h, T, S) of the last forward pass
 
-    def forward(self, x, memory, self_mask=None, cross_mask=None, *, cache=None):
+    def forward(self, x, memory, self_mask=None, cross_mask=None, *, score_bias=None, cache=None):
         """x: (B, T, d_model) decoder side; memory: (B, S, d_model) the encoder's output.
 
         self_mask: broadcastable to (B, h, T, T), usually padding & causal (decoder_self_mask);
         cross_mask: broadcastable to (B, h, T, S), usually the source padding (key_padding_mask);
+        score_bias: added to the self-attention scores (T5's relative bias);
         cache: a KVCache of the self-attention, for incremental decoding (x holds the new tokens only).
         """
         if self.norm_first:  # pre-LN
-            x = x + self._self_attention(self.norm1(x), self_mask, cache)  # (B, T, d_model)
+            x = x + self._self_attention(self.norm1(x), self_mask, score_bias, cache)  # (B, T, d_model)
             x = x + self._cross_attention(self.norm2(x), memory, cross_mask)  # (B, T, d_model)
             return x + self.dropout3(self.ffn(self.norm3(x)))  # (B, T, d_model)
-        x = self.norm1(x + self._self_attention(x, self_mask, cache))  # post-LN, (B, T, d_model)
+        x = self.norm1(x + self._self_attention(x, self_mask, score_bias, cache))  # post-LN, (B, T, d_model)
         x = self.norm2(x + self._cross_attention(x, memory, cross_mask))  # (B, T, d_model)
         return self.norm3(x + self.dropout3(self.ffn(x)))  # (B, T, d_model)
 
-    def _self_attention(self, x, mask, cache=None):
-        out, weights = self.self_attn(x, x, mask, rotary=self.rotary, cache=cache)
+    def _self_attention(self, x, mask, score_bias=None, cache=None):
+        out, weights = self.self_attn(x, x, mask, score_bias=score_bias, rotary=self.rotary, cache=cache)
         self.self_attn_weights = weights.detach()  # (B, h, T, T)
         return self.dropout1(out)  # (B, T, d_model)
 

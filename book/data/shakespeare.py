@@ -154,3 +154,33 @@ def split_plays(all_plays: list[Play], test_per_genre: int = 3, seed: int = 0) -
     for genre in GENRES:
         test += rng.sample([p for p in all_plays if p.genre == genre], test_per_genre)
     return [p for p in all_plays if p not in test], test
+
+
+# ----------------------------------------------------------------------------- characters (chapter 10)
+def corpus(some_plays: list[Play], edition: int = 0) -> str:
+    """The spoken lines of the plays as one text: a line per line, a blank line between plays.
+
+    edition 0 is the modern spelling, 1 the First Folio (for plays that have one).
+    """
+    return "\n\n".join("\n".join(spoken_lines(p.editions[min(edition, len(p.editions) - 1)])) for p in some_plays)
+
+
+class CharTokenizer:
+    """Characters <-> ids, the alphabet read from a (training) text; special tokens come first.
+
+    A character the training text never had becomes ``<unk>`` (id 0), so a held-out text can be
+    encoded too.
+    """
+
+    def __init__(self, text: str, specials: tuple[str, ...] = ()):
+        self.itos = ["<unk>", *specials] + sorted(set(text))
+        self.stoi = {c: i for i, c in enumerate(self.itos)}
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.stoi.get(c, 0) for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(self.itos[i] for i in (ids.tolist() if hasattr(ids, "tolist") else ids))

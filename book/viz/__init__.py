@@ -24,6 +24,7 @@ from book.viz.attention import (attention_explorer, attention_grid, attention_he
                                 query_explorer, token_map_explorer)
 from book.viz.charts import bar_chart, labeled_scatter, line_plot, linear_map_explorer
 from book.viz.controls import add_variant_control
+from book.viz.images import image_attention_grid, png_data_uri, tile_explorer
 from book.viz.tokens import token_strip_explorer
 from book.viz.matrices import log_heatmap_explorer, matrix_explorer, similarity_heatmap
 from book.viz.style import (COLORSCALE, FONT, MASK_COLORSCALE, PLOT_CONFIG, SITE_RENDERER,
