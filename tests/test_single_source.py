@@ -33,6 +33,8 @@ TAUGHT_IN_FULL = {
     "book.layers": {"functions", "TokenEmbedding", "LayerNorm", "FeedForward", "EncoderLayer", "DecoderLayer"},
     "book.bpe": {"functions", "classes"},
     "book.pretrained": {"BertConfig", "BertEmbeddings", "BertEncoder"},
+    "book.gpt": {"GPTConfig", "GPT"},
+    "book.t5": {"T5Config", "T5"},
 }
 
 

@@ -17,12 +17,12 @@ The package is organised by kind of figure; import everything from here
 - ``matrices``: heatmaps of numbers — ``similarity_heatmap``, ``matrix_explorer``,
   ``log_heatmap_explorer``.
 - ``tokens``: how a text splits into tokens — ``token_strip_explorer``.
-- ``charts``: line, bar and scatter charts — ``line_plot``, ``bar_chart``, ``labeled_scatter``,
+- ``charts``: line, bar and scatter charts — ``line_plot``, ``bar_chart``, ``distribution_explorer``, ``labeled_scatter``,
   ``linear_map_explorer``.
 """
 from book.viz.attention import (attention_explorer, attention_grid, attention_heatmap, attention_views,
                                 query_explorer, token_map_explorer)
-from book.viz.charts import bar_chart, labeled_scatter, line_plot, linear_map_explorer
+from book.viz.charts import bar_chart, distribution_explorer, labeled_scatter, line_plot, linear_map_explorer
 from book.viz.controls import add_variant_control
 from book.viz.images import image_attention_grid, png_data_uri, tile_explorer
 from book.viz.tokens import token_strip_explorer
@@ -36,6 +36,6 @@ __all__ = [
     "attention_explorer", "attention_grid", "attention_heatmap", "attention_views", "query_explorer",
     "token_map_explorer",
     "log_heatmap_explorer", "matrix_explorer", "similarity_heatmap",
-    "bar_chart", "labeled_scatter", "line_plot", "linear_map_explorer",
+    "bar_chart", "distribution_explorer", "labeled_scatter", "line_plot", "linear_map_explorer",
     "token_strip_explorer",
 ]

@@ -141,7 +141,7 @@ def query_explorer(weights, rows: Sequence[str], cols: Sequence[str] | None = No
 
 
 def _heads_grid(zs: Sequence[np.ndarray], names: Sequence[str], rows, cols, *, ncols: int,
-                spacing: tuple[float, float]) -> go.Figure:
+                spacing: tuple[float, float], masks: bool = False) -> go.Figure:
     """One small map per head, ncols to a row, sharing one colour scale (its bar shown once).
 
     Every head has the same query tokens, so only the first column names them: the maps can sit
@@ -151,7 +151,8 @@ def _heads_grid(zs: Sequence[np.ndarray], names: Sequence[str], rows, cols, *, n
                         horizontal_spacing=spacing[0], vertical_spacing=spacing[1])
     for i, z in enumerate(zs):
         r, c = i // ncols + 1, i % ncols + 1
-        fig.add_trace(_token_trace(z, rows, cols).update(texttemplate=None, showscale=i == 0), row=r, col=c)
+        trace = _token_trace(z, rows, cols, masks=masks).update(texttemplate=None, showscale=i == 0 and not masks)
+        fig.add_trace(trace, row=r, col=c)
         token_axes(fig, rows, cols, row=r, col=c, title_x="", title_y="")
         fig.update_yaxes(showticklabels=c == 1, row=r, col=c)
     upright = max((len(str(t)) for t in cols), default=0) <= 2
@@ -162,11 +163,12 @@ def _heads_grid(zs: Sequence[np.ndarray], names: Sequence[str], rows, cols, *, n
 
 
 def attention_grid(maps: Mapping[str, object], rows: Sequence[str], cols: Sequence[str] | None = None, *,
-                   ncols: int = 4, title: str = "All heads") -> go.Figure:
-    """Small multiples: one map per entry (e.g. per head), sharing one colour scale."""
+                   ncols: int = 4, title: str = "All heads", masks: bool = False) -> go.Figure:
+    """Small multiples: one map per entry (e.g. per head), sharing one colour scale; ``masks=True``
+    draws boolean masks in two colours (dark = may attend, light = blocked)."""
     cols = list(rows) if cols is None else list(cols)
     zs = [_checked(maps[n], rows, cols)[0] for n in maps]  # each (T_q, T_k)
-    fig = _heads_grid(zs, list(maps), rows, cols, ncols=ncols, spacing=(0.03, 0.08))
+    fig = _heads_grid(zs, list(maps), rows, cols, ncols=ncols, spacing=(0.03, 0.08), masks=masks)
     n_rows = -(-len(zs) // ncols)
     return book_layout(fig, title, height=120 + n_rows * (60 + 16 * len(rows)), margin=dict(l=60, t=80, b=40))
 

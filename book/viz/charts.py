@@ -101,3 +101,23 @@ def linear_map_explorer(matrices: Mapping[str, object], *, title: str = "What a 
                 yaxis=dict(range=[-r, r], zeroline=True, scaleanchor="x", scaleratio=1, constrain="domain"),
                 showlegend=False)  # the subtitle names the colours; hover names every trace
     return add_variant_control(fig, list(matrices), updates, label=label)
+
+
+def distribution_explorer(variants: Mapping[str, Sequence[float]], categories: Sequence[str], *, title: str,
+                          x_title: str = "token", y_title: str = "probability", label: str = "setting",
+                          control: str = "dropdown", active: int = 0) -> go.Figure:
+    """One probability distribution over ``categories`` per variant (e.g. a sampling setting), as bars
+    behind a dropdown or slider; hover shows the exact probability."""
+    check_variants(variants, control=control, active=active, what="{label: probabilities}")
+    names = list(variants)
+    ps = [np.asarray(to_numpy(variants[n]), dtype=float) for n in names]
+    for n, p in zip(names, ps):
+        if p.shape != (len(categories),):
+            raise ValueError(f"{n!r}: {p.shape} probabilities for {len(categories)} categories")
+    fig = go.Figure(go.Bar(x=list(categories), y=ps[active], marker_color=BLUE,
+                           hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
+    book_layout(fig, title, height=420, xaxis_title=x_title, yaxis_title=y_title,
+                yaxis_range=[0, max(float(p.max()) for p in ps) * 1.05])
+    fig.update_xaxes(type="category")
+    updates = [({"y": [p]}, {"title.text": f"{title} — {n}"}) for n, p in zip(names, ps)]
+    return add_variant_control(fig, names, updates, control=control, label=label, active=active)
