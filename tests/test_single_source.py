@@ -35,6 +35,7 @@ TAUGHT_IN_FULL = {
     "book.pretrained": {"BertConfig", "BertEmbeddings", "BertEncoder"},
     "book.gpt": {"GPTConfig", "GPT"},
     "book.t5": {"T5Config", "T5"},
+    "book.vit": {"ViTConfig", "PatchEmbedding", "ViT", "SmallCNN"},
 }
 
 

@@ -156,7 +156,7 @@ def image_attention_grid(images: Sequence, maps: Sequence, *, patch_size: int, r
     for k in range(n_rows * n_cols):  # square pixels in every cell
         fig.layout[f"yaxis{k + 1 if k else ''}"].scaleanchor = f"x{k + 1 if k else ''}"
     fig.update_annotations(font_size=11)  # the row and column titles
-    height = max(130 + 110 * n_rows, 60 + 25 * len(imgs))  # room for the open menu, too
+    height = max(130 + 110 * n_rows, 80 + 36 * len(imgs))  # room for the open menu, too
     book_layout(fig, title, height=height, margin=dict(l=10, r=30, b=10, t=90),
                 plot_bgcolor="rgba(0,0,0,0)")
     updates = []
