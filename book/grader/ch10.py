@@ -247,6 +247,8 @@ FILTER = Exercise(
     reference=filter_logits,
     cases=_filter_cases,
     atol=1e-6,
+    nan_hint=("a token you dropped (-inf) should have been kept: check ties with the k-th largest logit, "
+              "the token whose probability crosses p, and p = 1"),
     forbidden=("book.decoding.top_k_filter", "book.decoding.top_p_filter", "book.decoding.next_token"),
     mistakes=[
         Mistake("exactly k tokens kept, ties with the k-th dropped", lambda l, k=None, p=None: _topp(_topk_exact(l, k), p),
