@@ -331,12 +331,24 @@ def _cache_variant(bug):
     return fn
 
 
+def _cache_explain(got, want, q, k_new, v_new, cache_k, cache_v):
+    """When no single catalogued slip matches: say which of the three outputs is right."""
+    if not (isinstance(got, (tuple, list)) and len(got) == 3 and all(isinstance(t, torch.Tensor) for t in got)):
+        return None
+    caches_right = all(g.shape == w.shape and torch.allclose(g, w, atol=1e-5) for g, w in zip(got[1:], want[1:]))
+    if caches_right:
+        return ("Your grown caches are right; `out` is not. Check two things: the scores are q·kᵀ/√d, and "
+                "with several new tokens each one may see only the cache and the new tokens up to itself")
+    return "Your caches are not right: they must be [cache, new] along dim -2, shape (B, h, t + n, d)"
+
+
 CACHED_ATTENTION = Exercise(
     id=f"{CHAPTER}/attend_with_cache",
     title="One step of attention over a key/value cache",
     reference=attend_with_cache,
     cases=_cache_cases,
     output_names=("out", "cache_k", "cache_v"),
+    explain=_cache_explain,
     forbidden=("torch.nn.functional.scaled_dot_product_attention", "book.attention.scaled_dot_product_attention",
                "book.multihead.KVCache"),
     mistakes=[
