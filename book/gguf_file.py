@@ -110,3 +110,24 @@ def dequantize(tensor: GGUFTensor) -> torch.Tensor:
 def bits_per_weight(tensor: GGUFTensor) -> float:
     """How many bits the file spends on each weight of this tensor, scales and minimums included."""
     return 8 * tensor.nbytes / int(np.prod(tensor.shape))
+
+
+def quantize_q4_1(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The other way, as llama.cpp's Q4_1 rounds: (..., n · 32) -> d, m (..., n, 1) and q (..., n, 32).
+
+    Per block of 32 weights m is the smallest, d = (largest - smallest) / 15, and q = round((w - m) / d)
+    in 0 … 15; d and m are rounded to float16, as the file stores them.
+    """
+    if w.size(-1) % BLOCK:
+        raise ValueError(f"the last dimension ({w.size(-1)}) must be a multiple of {BLOCK}")
+    blocks = w.float().reshape(*w.shape[:-1], -1, BLOCK)  # (..., n, 32)
+    lo, hi = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)  # (..., n, 1)
+    d, m = ((hi - lo) / 15).half().float(), lo.half().float()
+    q = ((blocks - m) / torch.where(d > 0, d, 1.0)).round().clamp(0, 15)  # (..., n, 32)
+    return d, m, q
+
+
+def fake_quantize_q4_1(w: torch.Tensor) -> torch.Tensor:
+    """w rounded to what Q4_1 can store: quantise, then dequantise (same shape and dtype as w)."""
+    d, m, q = quantize_q4_1(w)
+    return (d * q + m).reshape(w.shape).to(w.dtype)

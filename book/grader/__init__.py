@@ -23,8 +23,11 @@ __all__ = ["check", "exercises", "get_exercise", "progress", "progress_file", "R
            "Exercise", "Case", "Mistake"]
 
 def _chapter_modules() -> list[str]:
-    """One module of exercises per chapter: book/grader/chNN.py, each with a list EXERCISES."""
-    return [f"book.grader.{p.stem}" for p in sorted(Path(__file__).parent.glob("ch[0-9][0-9].py"))]
+    """One module of exercises per chapter: book/grader/chNN.py (appendices: aN.py), each with a
+    list EXERCISES."""
+    here = Path(__file__).parent
+    found = sorted(here.glob("ch[0-9][0-9].py")) + sorted(here.glob("a[0-9].py"))
+    return [f"book.grader.{p.stem}" for p in found]
 
 
 REPORT_ENV = "BOOK_GRADER_REPORT"  # set by the command-line grader: each result is appended there

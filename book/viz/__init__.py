@@ -16,7 +16,8 @@ The package is organised by kind of figure; import everything from here
   ``token_map_explorer``, ``query_explorer``, ``attention_grid``, ``attention_views``.
 - ``matrices``: heatmaps of numbers — ``similarity_heatmap``, ``matrix_explorer``,
   ``log_heatmap_explorer``.
-- ``tokens``: how a text splits into tokens — ``token_strip_explorer``.
+- ``tokens``: how a text splits into tokens — ``token_strip_explorer``; what each layer predicts
+  at each token — ``logit_lens_explorer``.
 - ``charts``: line, bar and scatter charts — ``line_plot``, ``bar_chart``, ``distribution_explorer``, ``labeled_scatter``,
   ``linear_map_explorer``.
 """
@@ -25,7 +26,7 @@ from book.viz.attention import (attention_explorer, attention_grid, attention_he
 from book.viz.charts import bar_chart, distribution_explorer, labeled_scatter, line_plot, linear_map_explorer
 from book.viz.controls import add_variant_control
 from book.viz.images import image_attention_grid, png_data_uri, tile_explorer
-from book.viz.tokens import token_strip_explorer
+from book.viz.tokens import logit_lens_explorer, token_strip_explorer
 from book.viz.matrices import log_heatmap_explorer, matrix_explorer, similarity_heatmap
 from book.viz.style import (COLORSCALE, FONT, MASK_COLORSCALE, PLOT_CONFIG, SITE_RENDERER,
                             use_site_renderer)
@@ -37,5 +38,5 @@ __all__ = [
     "token_map_explorer",
     "log_heatmap_explorer", "matrix_explorer", "similarity_heatmap",
     "bar_chart", "distribution_explorer", "labeled_scatter", "line_plot", "linear_map_explorer",
-    "token_strip_explorer",
+    "logit_lens_explorer", "token_strip_explorer",
 ]

@@ -1,4 +1,5 @@
-"""How a text splits into tokens: one coloured box per token, rows that fit a phone."""
+"""How a text splits into tokens: one coloured box per token, rows that fit a phone; and what each
+layer of a language model predicts at each token (the logit lens, chapter 11)."""
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -7,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from book.viz.controls import add_variant_control, check_variants
-from book.viz.style import book_layout
+from book.viz.style import COLORSCALE, book_layout, colorbar, to_numpy
 
 PER_ROW = 10  # tokens per row: a 390 px phone still shows ~30 px per box
 STRIP_COLORS = [[0.0, "#bfdbfe"], [0.5, "#bfdbfe"], [0.5, "#fde68a"], [1.0, "#fde68a"]]  # blue, amber
@@ -47,4 +48,48 @@ def token_strip_explorer(variants: Mapping[str, Sequence[str]], *, title: str = 
         count = len(variants[n])
         updates.append(({"z": [z], "text": [text], "customdata": [hover]},
                         {"title.text": f"{title} — {label}: {n} ({count} token{'s' * (count != 1)})"}))
+    return add_variant_control(fig, names, updates, control=control, label=label, active=active)
+
+
+def logit_lens_explorer(variants: Mapping[str, tuple], *, title: str = "The logit lens",
+                        label: str = "prompt", control: str = "dropdown", active: int = 0) -> go.Figure:
+    """What each layer would predict: one heatmap per prompt, layers (rows, bottom = first) ×
+    input positions (columns), coloured by the probability of that layer's most likely next token,
+    which is written in the cell; hover shows the input token too.
+
+    ``variants``: {prompt name: (probs (L, T), top tokens (L, T) strings, input tokens (T,))}.
+    """
+    check_variants(variants, control=control, active=active, what="{name: (probs, top tokens, inputs)}")
+    names = list(variants)
+    drawn = []
+    for n in names:
+        probs, top, inputs = variants[n]
+        z = np.asarray(to_numpy(probs), dtype=float)  # (L, T)
+        top = np.asarray(top, dtype=object)
+        if z.ndim != 2 or top.shape != z.shape or len(inputs) != z.shape[1]:
+            raise ValueError(f"{n!r}: need probs (L, T), top tokens (L, T) and T input tokens; got "
+                             f"{z.shape}, {top.shape} and {len(inputs)}")
+        hover = np.array([[f"layer {i} · after “{inputs[j]}” [{j}]" for j in range(z.shape[1])]
+                          for i in range(z.shape[0])], dtype=object)
+        drawn.append((z, top, list(inputs), hover))
+
+    def cells(z, top, inputs, hover):
+        return {"z": [z], "text": [top], "customdata": [hover], "x": [list(range(z.shape[1]))],
+                "y": [list(range(z.shape[0]))]}
+
+    z, top, inputs, hover = drawn[active]
+    fig = go.Figure(go.Heatmap(**{k: v[0] for k, v in cells(z, top, inputs, hover).items()},
+                               texttemplate="%{text}", textfont=dict(size=9), zmin=0, zmax=1,
+                               colorscale=COLORSCALE, colorbar=colorbar("probability"),
+                               hovertemplate="%{customdata}<br>top next token “%{text}”"
+                                             "<br>probability %{z:.3f}<extra></extra>"))
+    height = 160 + 16 * max(d[0].shape[0] for d in drawn)
+    book_layout(fig, title, height=height, margin=dict(l=60, b=90))
+    updates = []
+    for n, (z, top, inputs, hover) in zip(names, drawn):
+        axes = {"xaxis.tickvals": list(range(len(inputs))), "xaxis.ticktext": inputs}
+        updates.append((cells(z, top, inputs, hover), {"title.text": f"{title} — {n}", **axes}))
+    fig.update_xaxes(tickvals=list(range(len(inputs))), ticktext=inputs, tickangle=-45,
+                     title_text="input position (the next token is predicted)")
+    fig.update_yaxes(title_text="layer (0 = embeddings)")
     return add_variant_control(fig, names, updates, control=control, label=label, active=active)
