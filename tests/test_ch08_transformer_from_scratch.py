@@ -275,3 +275,24 @@ def test_the_harness_model_separates_beam_from_greedy():
     differ = [c for c in ch08._beam_cases(g)
               if not torch.equal(beam_search(*c.args), ch08._beam_greedy(*c.args))]
     assert differ, "no case where beam search beats greedy"
+
+
+# ----------------------------------------------------------------------------- book.translator (train once, share)
+def test_translator_trains_once_and_loads_the_same_model(tmp_path, monkeypatch):
+    from book import translator
+    from book.data.dates import CharVocab, split_dates
+    from book.transformer import TransformerConfig
+
+    monkeypatch.setenv("BOOK_CACHE_DIR", str(tmp_path))
+    vocab, split = CharVocab(), split_dates(seed=0, test_fraction=0.1)
+    cfg = TransformerConfig(src_vocab_size=len(vocab), tgt_vocab_size=len(vocab), d_model=16, num_heads=2,
+                            d_ff=32, num_encoder_layers=1, num_decoder_layers=1, pad_id=vocab.PAD)
+    recipe = translator.Recipe(steps=30, batch_size=16, warmup=10, probe=40, eval_every=10, exact_every=20)
+    model, hist = translator.trained(cfg, recipe, "iso", split, vocab, "cpu")
+    assert [s for s, _, _ in hist.evals] == [10, 20, 30]
+    assert ["exact" in e for *_, e in hist.evals] == [False, True, True]  # every 20 steps and at the end
+    assert all(0 <= e["accuracy"] <= 1 for *_, e in hist.evals) and len(hist.loss) == 30
+    again, hist2 = translator.trained(cfg, recipe, "iso", split, vocab, "cpu")  # from the cache now
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert hist2.loss == hist.loss and hist2.evals == hist.evals
+    assert len(list(tmp_path.glob("*.pt"))) == 1

@@ -79,7 +79,7 @@ def _solution_functions(path):
     return namespace
 
 
-SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
+SOLUTIONS = sorted([*(ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"), *(ROOT / "solutions").glob("a[0-9]_*.ipynb")])  # chapters, appendices
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)

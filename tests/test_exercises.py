@@ -33,12 +33,14 @@ import torch
 from book.grader import check, exercises, get_exercise
 from book.grader.core import run_check
 
-# chapter number -> the test module that holds its data
+# chapter number (appendix id, e.g. "a1") -> the test module that holds its data
 DATA = {
     "01": "test_ch01_linear_algebra", "02": "test_ch02_pytorch_essentials", "03": "test_ch03_sequence_models",
     "04": "test_ch04_self_attention", "05": "test_ch05_multi_head_attention", "06": "test_ch06_positional_encoding",
     "07": "test_ch07_encoder_decoder", "08": "test_ch08_transformer_from_scratch",
     "09": "test_ch09_pretrained", "10": "test_ch10_bert_gpt_t5", "12": "test_ch12_vision_transformer",
+    "11": "test_ch11_small_llm",
+    "a1": "test_a1_keras",  # appendix A
 }
 # the smallest catalogue an exercise may have, by kind
 MIN_MISTAKES = {"function": 3, "prediction": 3}

@@ -9,7 +9,7 @@ from conftest import ROOT
 
 REFERENCE = re.compile(r"\{glue(?::\w+)?\}`([A-Za-z_][\w]*)")
 GLUED = re.compile(r"""\bglue\(\s*(f?)["']([^"']+)["']""")
-CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
+CHAPTERS = sorted([*(ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"), *(ROOT / "chapters").glob("a[0-9]_*.ipynb")])  # chapters, appendices
 
 
 def _refs_and_glues(path):

@@ -138,6 +138,9 @@ def _q4_1_explain(got, want, block):
         shape = tuple(got.shape) if isinstance(got, torch.Tensor) else None
         return (f"A block holds 32 weights: return them as one (32,) tensor{f', not {shape}' if shape else ''}. "
                 "Sixteen bytes of four-bit levels hold two levels each")
+    if got.dtype != torch.float32:
+        return (f"Your weights are {got.dtype}: compute d · q + m in float32 (convert d and m with "
+                ".astype(np.float32) or float(...)), so that no weight is rounded on the way")
     g, w = got.double(), want.double()
     if torch.allclose(g.sort().values, w.sort().values, atol=1e-6, rtol=1e-5):
         return ("Your 32 weights are the right values in the wrong order: which nibble of which byte holds "
@@ -281,34 +284,61 @@ def _rms_variant(kind):
 
 
 def _loosely(got, want):
-    """The same within the catalogue's tolerance (NaN matching NaN), for the probes below."""
+    """The same within the catalogue's tolerance (NaN matching NaN)."""
     if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(want.shape):
         return False
     return torch.allclose(got.double(), want.double(), rtol=2e-2, atol=1e-2, equal_nan=True)
 
 
-def _rms_wrong_axis(x, weight, eps=1e-5):
-    """Probe: normalised by the mean of the squares over another axis (or over everything)."""
+def _rms_shows(got, wrong, x, weight, eps):
+    """Does got show the slip that gives ``wrong`` on this case? In x's dtype, loosely equal to wrong,
+    and no further from the exact RMSNorm than wrong is (plus rounding) — so that on a case where the
+    slip changes little, an answer wrong for another reason (its dtype, its precision) is not taken
+    for this slip."""
+    if not isinstance(got, torch.Tensor) or got.dtype != x.dtype or tuple(got.shape) != tuple(x.shape):
+        return False
+    g, w = got.double(), wrong.double()
+    if not _loosely(g, w):
+        return False
+    right = _rms_exact(x, weight, eps)
+    rtol, atol = _rms_tolerance(x.dtype)
+    near = (g - right).abs() <= atol + rtol * right.abs() + 2 * (w - right).abs()
+    return bool((near | (torch.isnan(g) & torch.isnan(w))).all())
+
+
+def _rms_probe(variants):
+    """A catalogued slip as a probe: variants(x, weight, eps) -> the wrong results it may give."""
+    def fn(x, weight, eps=1e-5):
+        wrongs = variants(x, weight, eps)
+        return Probe(lambda got: any(_rms_shows(got, w, x, weight, eps) for w in wrongs))
+
+    return fn
+
+
+def _rms_slip(kind):
+    return _rms_probe(lambda x, weight, eps: [_rms_variant(kind)(x, weight, eps)])
+
+
+def _wrong_axes(x, weight, eps):
+    """The mean of the squares over another axis, or over everything (and the right result, for a
+    2-D x where dim=1 happens to be the last axis)."""
     x64, w = x.double(), weight.double()
-    variants = [x64 / torch.sqrt(x64.pow(2).mean() + eps) * w]
+    out = [x64 / torch.sqrt(x64.pow(2).mean() + eps) * w, _rms_exact(x, weight, eps)]
     for dim in range(x.dim() - 1):
-        variants.append(x64 / torch.sqrt(x64.pow(2).mean(dim=dim, keepdim=True) + eps) * w)
-    # right where the axis happens to be the last (dim=1 of a 2-D x), wrong elsewhere
-    return Probe(lambda got: any(_loosely(got, v) for v in variants) or (
-        isinstance(got, torch.Tensor) and got.shape == x.shape and _rms_error(got, x, weight, eps) <= 1.0))
+        out.append(x64 / torch.sqrt(x64.pow(2).mean(dim=dim, keepdim=True) + eps) * w)
+    return out
 
 
-def _rms_layer_norm(x, weight, eps=1e-5):
-    """Probe: LayerNorm's statistic — the mean subtracted from x, or inside the statistic, or both."""
+def _layer_norms(x, weight, eps):
+    """LayerNorm's statistic: the mean subtracted from x, or inside the statistic, or both."""
     x64, w = x.double(), weight.double()
     centred = x64 - x64.mean(dim=-1, keepdim=True)
-    variants = []
+    out = [centred / torch.sqrt(x64.pow(2).mean(dim=-1, keepdim=True) + eps) * w]
     for unbiased in (False, True):
         var = x64.var(dim=-1, keepdim=True, unbiased=unbiased)
         for top in (x64, centred):
-            variants += [top / torch.sqrt(var + eps) * w, top / (var.sqrt() + eps) * w]
-    variants.append(centred / torch.sqrt(x64.pow(2).mean(dim=-1, keepdim=True) + eps) * w)
-    return Probe(lambda got: any(_loosely(got, v) for v in variants))
+            out += [top / torch.sqrt(var + eps) * w, top / (var.sqrt() + eps) * w]
+    return out
 
 
 def _rms_float32_out(x, weight, eps=1e-5):
@@ -331,22 +361,32 @@ def _rms_judge(got, x, weight, eps=1e-5):
         ulps = err * 2
         return (f"on {x.dtype} input your result is up to {ulps:.0f} units in the last place away from an exact "
                 f"RMSNorm; computing in float32 and rounding once at the end stays within 1")
+    factors = _rms_factors(got, x, weight, eps)
+    if factors is not None:
+        return ("your result is close but not right: each of your vectors is the right one times a factor close to "
+                "1, a different factor for each — something small is off in the statistic: where does eps go?")
     return "your result is close but not right: compare each step with x / √(mean(x²) + eps) · weight"
+
+
+def _rms_factors(got, x, weight, eps):
+    """If every vector of got is the exact result times one number, those numbers (..., 1); else None."""
+    exact = _rms_exact(x, weight, eps)
+    if not (exact.abs() > 1e-6).all():
+        return None
+    ratio = got.double() / exact
+    if not torch.isfinite(ratio).all():
+        return None
+    spread = (ratio.amax(-1) - ratio.amin(-1)) / ratio.abs().amax(-1)
+    return ratio.mean(-1, keepdim=True) if bool((spread < 1e-3).all()) else None
 
 
 def _rms_explain(got, want, x, weight, eps=1e-5):
     if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(x.shape):
         return (f"Return a tensor of x's shape, {tuple(x.shape)}: RMSNorm rescales every vector of the last axis "
                 "(keep that axis in the mean with keepdim=True, so the division broadcasts)")
-    exact = _rms_exact(x, weight, eps)
-    g = got.double()
-    ratio = g / exact
-    ok = exact.abs() > 1e-6
-    if ok.all() and torch.isfinite(ratio).all():
-        spread = (ratio.amax(-1) - ratio.amin(-1)) / ratio.abs().amax(-1)
-        if (spread < 1e-2).all():
-            return ("Each of your vectors is a scaled copy of the right one (a different factor for each): the "
-                    "statistic is off. It is the mean of x² over the last axis, plus eps, under the square root")
+    if _rms_factors(got, x, weight, eps) is not None:
+        return ("Each of your vectors is a scaled copy of the right one (a different factor for each): the "
+                "statistic is off. It is the mean of x² over the last axis, plus eps, under the square root")
     return "Build it step by step: the mean of x² over the last axis, + eps, √, divide, × weight"
 
 
@@ -363,24 +403,24 @@ RMS_NORM = Exercise(
              "and in float16 a square above 65,504 is inf",
     forbidden=("torch.nn.functional.rms_norm", "torch.nn.RMSNorm", "book.layers.RMSNorm"),
     mistakes=[
-        Mistake("eps added outside the square root", _rms_variant("eps_outside"),
+        Mistake("eps added outside the square root", _rms_slip("eps_outside"),
                 "eps goes under the root: x / √(mean(x²) + eps). Outside it, it makes a difference exactly "
                 "where eps matters — for vectors whose mean square is not much larger than eps."),
-        Mistake("eps forgotten", _rms_variant("no_eps"),
+        Mistake("eps forgotten", _rms_slip("no_eps"),
                 "without eps a vector of zeros (a padding position) gives 0/0 = NaN: x / √(mean(x²) + eps)."),
-        Mistake("the mean taken over the wrong axis", _rms_wrong_axis,
+        Mistake("the mean taken over the wrong axis", _rms_probe(_wrong_axes),
                 "each vector is normalised on its own: the mean of x² over the LAST axis (dim=-1, "
                 "keepdim=True), one number per position."),
-        Mistake("the weight forgotten", _rms_variant("no_weight"),
+        Mistake("the weight forgotten", _rms_slip("no_weight"),
                 "RMSNorm ends with a learned scale, one number per feature: multiply by weight."),
-        Mistake("the mean subtracted (that is LayerNorm)", _rms_layer_norm,
+        Mistake("the mean subtracted (that is LayerNorm)", _rms_probe(_layer_norms),
                 "RMSNorm does not centre: no mean is subtracted, from x or inside the statistic; it divides "
                 "by the root of the mean of x² itself."),
-        Mistake("the sum of the squares instead of their mean", _rms_variant("sum"),
+        Mistake("the sum of the squares instead of their mean", _rms_slip("sum"),
                 "divide the sum of x² by the number of features — mean(x², dim=-1) — before the root."),
-        Mistake("the square root forgotten", _rms_variant("no_sqrt"),
+        Mistake("the square root forgotten", _rms_slip("no_sqrt"),
                 "the root mean square is √(mean(x²)): divide by √(mean(x²) + eps), not by mean(x²) + eps."),
-        Mistake("computed in x's 16-bit dtype", _rms_variant("half"),
+        Mistake("computed in x's 16-bit dtype", _rms_slip("half"),
                 "float16's largest number is 65,504: a feature of 25,000 squared is inf, and x / inf = 0. "
                 "Convert x to float32 first (x.float()), normalise, then cast the result back (.to(x.dtype))."),
         Mistake("returned as float32 instead of x's dtype", _rms_float32_out,
@@ -458,7 +498,8 @@ def _rows_of(got, w):
     """Which row of w each row of got is (-1 where none), or None if the shapes differ."""
     if got.shape != w.shape:
         return None
-    dist = torch.cdist(got.double().reshape(got.size(0), -1), w.double().reshape(w.size(0), -1))
+    dist = torch.cdist(got.double().reshape(got.size(0), -1), w.double().reshape(w.size(0), -1),
+                       compute_mode="donot_use_mm_for_euclid_dist")  # exact zeros for equal rows
     best = dist.argmin(dim=1)
     found = dist.gather(1, best[:, None])[:, 0] < 1e-9
     return torch.where(found, best, torch.full_like(best, -1))
@@ -488,7 +529,15 @@ def _rope_judge(got, w_q, w_k, w_v, w_o, num_heads, num_kv_heads):
                         "w_q and w_k feed the rotation, so both must follow the new layout")
             if bool((rows // (w.size(0) // h) != torch.arange(w.size(0)) // (w.size(0) // h)).any()):
                 return (f"the attention scores differ: some rows of your {name} moved from one head to another. "
-                        f"{name} has {h} heads of {w.size(0) // h} rows each; permute the rows within each head")
+                        f"{name} has {h} head{'s' * (h != 1)} of {w.size(0) // h} rows each; permute the rows "
+                        "within each head")
+        right = rope_half_to_interleaved(*given, num_heads, num_kv_heads)
+        q_ok, k_ok = torch.equal(got[0], right[0]), torch.equal(got[1], right[1])
+        if q_ok != k_ok:
+            good, bad, heads = ("w_q", "w_k", num_kv_heads) if q_ok else ("w_k", "w_q", num_heads)
+            return (f"your {good} is right, your {bad} is not: {bad} has {heads} head{'s' * (heads != 1)} of "
+                    f"{(w_k if bad == 'w_k' else w_q).size(0) // heads} rows; permute the rows inside each of them "
+                    f"exactly as inside a head of {good}")
         return ("the attention scores differ from the rotate-half model's: your w_q and w_k rows stay in their "
                 "heads, but not in the order the interleaved layout needs. Which two features does rotate-half "
                 "turn together, and where does the interleaved layout expect the two of a pair?")
@@ -739,7 +788,7 @@ def _chat_segments(messages, add_generation_prompt=True):
 
 def _chat_explain(got, want, messages, add_generation_prompt=True):
     if not isinstance(got, str):
-        return None
+        return f"Return the prompt as one str; yours is {core._describe(got)}"
     i = next((n for n, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
     if i == len(want):
         return (f"Your prompt is right up to the end of the expected one, then goes on with {got[i:i + 40]!r}: "
@@ -761,7 +810,6 @@ CHAT = Exercise(
     title="SmolLM2's chat template, by hand",
     reference=chat_prompt,
     cases=_chat_cases,
-    returns=str,
     explain=_chat_explain,
     forbidden=("apply_chat_template", "jinja2", "render", "transformers"),
     forbidden_why="build the string yourself, from the template's rules",
