@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from book.viz.controls import add_variant_control, check_variants
-from book.viz.style import COLORSCALE, DIVERGING, book_layout, colorbar, to_numpy
+from book.viz.style import book_layout, colorbar, to_numpy, value_range
 
 OVERLAY_COLORSCALE = "YlOrRd"  # light yellow -> dark red, seen through over a grey picture
 OVERLAY_OPACITY = 0.6
@@ -90,13 +90,7 @@ def tile_explorer(variants: Mapping[str, object], *, ncols: int, title: str, til
     tile_names = list(tile_names) if tile_names is not None else [f"map {k}" for k in range(n)]
     if len(tile_names) != n:
         raise ValueError(f"{len(tile_names)} tile names for {n} maps")
-    if zmin is None and zmax is None:
-        m = max(float(np.abs(s).max()) for s in stacks) or 1.0
-        zmin, zmax = -m, m
-    if colorscale is None:
-        colorscale = DIVERGING if zmin is not None and zmin < 0 else COLORSCALE
-    elif colorscale == "ink":
-        colorscale = INK
+    zmin, zmax, colorscale = value_range(stacks, zmin, zmax, INK if colorscale == "ink" else colorscale)
     n_rows = -(-n // ncols)
     fig = go.Figure(go.Heatmap(
         customdata=_mosaic_hover(tile_names, n_rows, ncols, h, w), hoverongaps=False,

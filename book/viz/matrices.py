@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 
 from book.viz.controls import add_variant_control, check_variants
 from book.viz.style import (COLORSCALE, DIVERGING, book_layout, check_labels, colorbar, hover_cells, to_numpy,
-                            token_axes, token_map_height)
+                            token_axes, token_map_height, value_range)
 
 
 def similarity_heatmap(sim, labels: Sequence[str], *, title: str = "Cosine similarity",
@@ -54,11 +54,7 @@ def matrix_explorer(maps: Mapping[str, object], *, title: str, x_title: str, y_t
     for n, z in zip(names, zs):
         if z.ndim != 2:
             raise ValueError(f"{n!r}: need a 2-D matrix, got shape {z.shape}")
-    if zmin is None and zmax is None:
-        m = max(float(np.abs(z).max()) for z in zs) or 1.0
-        zmin, zmax = -m, m
-    if colorscale is None:
-        colorscale = DIVERGING if zmin is not None and zmin < 0 else COLORSCALE
+    zmin, zmax, colorscale = value_range(zs, zmin, zmax, colorscale)
 
     def cells(z):  # trace changes that draw z with its own row and column numbers
         return {"z": [z], "x": [list(range(z.shape[1]))], "y": [list(range(z.shape[0]))]}

@@ -54,6 +54,17 @@ def to_numpy(a) -> np.ndarray:
     return np.round(np.asarray(a, dtype=float), 4)  # 4 decimals: what hover shows; keeps pages light
 
 
+def value_range(zs, zmin: float | None, zmax: float | None, colorscale: str | None):
+    """The colour range and scale of heatmaps of numbers: without zmin/zmax, ±(largest |value| of
+    all of ``zs``); a range reaching below 0 gets the diverging scale, else the book's blue one."""
+    if zmin is None and zmax is None:
+        m = max(float(np.abs(z).max()) for z in zs) or 1.0
+        zmin, zmax = -m, m
+    if colorscale is None:
+        colorscale = DIVERGING if zmin is not None and zmin < 0 else COLORSCALE
+    return zmin, zmax, colorscale
+
+
 def check_labels(weights: np.ndarray, rows: Sequence[str], cols: Sequence[str]) -> None:
     """A clear error unless ``weights`` is (len(rows), len(cols))."""
     if weights.ndim != 2:
