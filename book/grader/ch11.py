@@ -670,9 +670,14 @@ def _swiglu_explain(got, want, d_model, multiple_of=256, ffn_dim_multiplier=None
         return None
     if got % multiple_of:
         return f"{got} is not a multiple of multiple_of = {multiple_of}: the last step rounds up to one"
-    if got > want:
-        return f"Your size is too large{' by exactly one multiple_of: how do you round?' if got - want == multiple_of else ''}"
-    return f"Your size is too small{' by exactly one multiple_of: how do you round?' if want - got == multiple_of else ''}"
+    ratio = got / (4 * d_model)
+    rule = "2/3 of it" + (f", times ffn_dim_multiplier = {ffn_dim_multiplier}," if ffn_dim_multiplier else "")
+    off_by_one = (f" It is off by exactly one multiple_of ({multiple_of}): if your factors are right, look "
+                  "at the rounding (up, and a size that is already a multiple stays).") \
+        if abs(got - want) == multiple_of else ""
+    return (f"Your size is too {'large' if got > want else 'small'}: it is {ratio:.2f} × 4·d_model. The rule "
+            f"starts from 4·d_model, takes {rule} and only then rounds up to a multiple of "
+            f"multiple_of.{off_by_one}")
 
 
 SWIGLU = Exercise(
