@@ -354,7 +354,8 @@ def greedy_decode(keras_model, src, max_len, bos, eos):
     """src (B, S) ids -> (B, ≤ 1 + max_len) ids: <bos>, then the argmax, step by step;
     a finished row is padded with <eos>, as in book.decoding.greedy_decode.
 
-    No key/value cache: each step runs the whole model over the whole prefix.
+    No key/value cache: each step runs the whole model, encoder included, over the whole
+    prefix.
     """
     src = np.asarray(src)
     out = np.full((src.shape[0], 1), bos, dtype=src.dtype)  # (B, 1)

@@ -258,8 +258,110 @@ def decoder_in_place(tgt_key_padding_mask):
     return decoder_by_tril(~real)
 
 
+# wrong attempts from a learner's session (issue 17's review), each with what its feedback must say
+def heads_strided_kernel_only(weight, bias, num_heads):  # the bias is split right
+    d_out, d_in = weight.shape
+    d_k = d_out // num_heads
+    return weight.T.reshape(d_in, d_k, num_heads).transpose(1, 2), bias.reshape(num_heads, d_k)
+
+
+def heads_no_transpose_bias_flat(weight, bias, num_heads):  # two slips: the kernel's is named
+    d_out, d_in = weight.shape
+    return weight.reshape(d_in, num_heads, d_out // num_heads), bias
+
+
+def heads_out_axis_read_as_h_din_dk(weight, bias, num_heads):  # the weight's numbers, misplaced
+    d_out, d_in = weight.shape
+    return (weight.reshape(num_heads, d_in, d_out // num_heads).permute(1, 0, 2),
+            bias.reshape(num_heads, -1))
+
+
+def heads_bias_first(weight, bias, num_heads):
+    return tuple(reversed(a1.to_keras_heads(weight, bias, num_heads)))
+
+
+def padding_as_broadcast(key_padding_mask, num_queries):  # what the appendix passes Keras
+    return (~key_padding_mask)[:, None, :]
+
+
+def padding_rows_mixed_across_the_batch(key_padding_mask, num_queries):
+    B, S = key_padding_mask.shape
+    return (~key_padding_mask).repeat(num_queries, 1).view(B, num_queries, S)
+
+
+def padding_queries_masked_too(key_padding_mask, num_queries):  # what mask_zero=True gives
+    real = ~key_padding_mask
+    return real[:, :, None] & real[:, None, :]
+
+
+def padding_ignored(key_padding_mask, num_queries):
+    B, S = key_padding_mask.shape
+    return torch.ones(B, num_queries, S, dtype=torch.bool)
+
+
+def padding_too_much(key_padding_mask, num_queries):  # the last real token dropped as well
+    real = ~key_padding_mask
+    real = real & torch.roll(real, -1, dims=1)
+    return real[:, None, :].expand(-1, num_queries, -1)
+
+
+def decoder_without_device(tgt_key_padding_mask):  # right values, the causal part on the CPU
+    T = tgt_key_padding_mask.shape[1]
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))  # no device=
+    return causal & ~tgt_key_padding_mask[:, None, :]
+
+
+def decoder_result_on_the_cpu(tgt_key_padding_mask):  # no error, but a result on the CPU
+    if tgt_key_padding_mask.is_meta:  # (a stand-in for code that builds its result there)
+        T = tgt_key_padding_mask.shape[1]
+        return torch.zeros(tgt_key_padding_mask.shape[0], T, T, dtype=torch.bool)
+    return a1.keras_decoder_mask(tgt_key_padding_mask)
+
+
+def decoder_strict_future(tgt_key_padding_mask):  # generate_square_subsequent_mask's pattern
+    T = tgt_key_padding_mask.shape[1]
+    future = torch.ones(T, T, dtype=torch.bool, device=tgt_key_padding_mask.device).triu(1)
+    return future & ~tgt_key_padding_mask[:, None, :]
+
+
+def decoder_or(tgt_key_padding_mask):  # OR instead of AND
+    T = tgt_key_padding_mask.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=tgt_key_padding_mask.device).tril()
+    return causal | ~tgt_key_padding_mask[:, None, :]
+
+
+def decoder_queries_masked_too(tgt_key_padding_mask):
+    real = ~tgt_key_padding_mask
+    return real[:, :, None] & a1.keras_decoder_mask(tgt_key_padding_mask)
+
+
+def decoder_rows_mixed_across_the_batch(tgt_key_padding_mask):
+    B, T = tgt_key_padding_mask.shape
+    causal = torch.ones(T, T, dtype=torch.bool, device=tgt_key_padding_mask.device).tril()
+    return (~tgt_key_padding_mask).repeat(T, 1).view(B, T, T) & causal
+
+
+def decoder_padding_blocks_the_past(tgt_key_padding_mask):  # a real key blocked: the padding
+    T = tgt_key_padding_mask.shape[1]  # shifted by one
+    real = ~tgt_key_padding_mask
+    causal = torch.ones(T, T, dtype=torch.bool, device=real.device).tril()
+    return (real & torch.roll(real, -1, dims=1))[:, None, :] & causal
+
+
 REFERENCES = {}
-BUGGY = {}
+BUGGY = {  # code for the mistakes catalogued as probes (all of a judged exercise's)
+    "the weight not transposed": a1._heads_variant("no_transpose"),
+    "the heads cut as every h-th feature": a1._heads_variant("strided"),
+    "the heads put first, (h, d_in, d_k)": a1._heads_variant("heads_first"),
+    "the bias left flat, (h·d_k,)": a1._heads_variant("flat_bias"),
+    "a Dense kernel, (d_in, h·d_k), not split into heads": a1._heads_variant("flat_kernel"),
+    "the future allowed instead of the past": a1._decoder_variant("future"),
+    "each token kept from attending to itself": a1._decoder_variant("no_diagonal"),
+    "the padding mask not inverted": a1._decoder_variant("not_inverted"),
+    "the target's padding laid along the queries": a1._decoder_variant("rows"),
+    "the padding forgotten": a1._decoder_variant("no_padding"),
+    "the mask in PyTorch's convention (True = blocked)": a1._decoder_variant("blocked"),
+}
 
 ALTERNATIVES = {
     "to_keras_heads": [heads_by_unflatten, heads_by_einsum],
@@ -273,7 +375,30 @@ WRONG = [  # what the feedback must say about slips outside the catalogue
     ("to_keras_heads", lambda w, b, h: (a1.to_keras_heads(w, b, h)[0].transpose(1, 2),
                                         a1.to_keras_heads(w, b, h)[1]), "(d_in, h, d_k)"),
     ("keras_padding_mask", lambda m, n: a1.keras_padding_mask(m, n).int(), "masks must be bool"),
-    ("keras_padding_mask", lambda m, n: (~m)[:, None, :], "Return (B, T_q, S)"),
+    ("keras_padding_mask", lambda m, n: (~m)[:, None, :].expand(-1, m.shape[1], -1),
+     "Return (B, T_q, S)"),  # num_queries ignored: (B, S, S)
     ("keras_decoder_mask", lambda m: a1.keras_decoder_mask(m)[0], "Return (B, T, T)"),
     ("keras_decoder_mask", decoder_in_place, "modified its input"),
+    # issue 17: the feedback names what is wrong, output by output and in the mask's values
+    ("to_keras_heads", heads_strided_kernel_only, "looks like the heads cut as every h-th feature"),
+    ("to_keras_heads", heads_no_transpose_bias_flat, "looks like the weight not transposed"),
+    ("to_keras_heads", heads_out_axis_read_as_h_din_dk, "kernel[i, j, k] must be weight[j·d_k + k, i]"),
+    ("to_keras_heads", heads_bias_first, "return (kernel, bias)"),
+    ("keras_padding_mask", padding_as_broadcast,
+     "Keras broadcasts (B, 1, S), as the appendix does; this exercise asks for the full (B, T_q, S)"),
+    ("keras_padding_mask", padding_rows_mixed_across_the_batch,
+     "row b does not match sample b's padding (a repeat or view along the wrong axis?)"),
+    ("keras_padding_mask", padding_queries_masked_too,
+     "padding queries' rows are blocked too: only keys are masked"),
+    ("keras_padding_mask", padding_ignored, "some query may attend a padding key"),
+    ("keras_padding_mask", padding_too_much, "a real key is blocked from some query"),
+    ("keras_decoder_mask", decoder_without_device, "make every new tensor on the input's device"),
+    ("keras_decoder_mask", decoder_result_on_the_cpu, "returned a mask on cpu"),
+    ("keras_decoder_mask", decoder_strict_future, "looks like the future allowed instead of the past"),
+    ("keras_decoder_mask", decoder_or, "a query may attend a later key (the future let in)"),
+    ("keras_decoder_mask", decoder_queries_masked_too,
+     "padding queries' rows are blocked too: only keys are masked"),
+    ("keras_decoder_mask", decoder_rows_mixed_across_the_batch,
+     "row b does not match sample b's padding (a repeat or view along the wrong axis?)"),
+    ("keras_decoder_mask", decoder_padding_blocks_the_past, "a real key at or before the query is blocked"),
 ]
