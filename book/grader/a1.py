@@ -21,7 +21,6 @@ it once more on a ``device="meta"`` mask (shapes without values, standing in for
 """
 from __future__ import annotations
 
-import sys
 
 import torch
 
@@ -344,26 +343,12 @@ def _decoder_explain(got, want, tgt_key_padding_mask):
     return _mask_story(got, want, real, real, causal=True)
 
 
-def _graded_function():
-    """The learner's function that run_check is grading, found on the call stack (a judge is
-    handed only the result; the device check must call the function again)."""
-    frame = sys._getframe(1)
-    try:
-        while frame is not None:
-            if frame.f_code is core._run_check.__code__:
-                return frame.f_locals.get("fn")
-            frame = frame.f_back
-        return None
-    finally:
-        del frame
-
-
 def _decoder_on_another_device(got, tgt_key_padding_mask):
     """The statement says "make any new tensor on the input's device": call the function once
     more on the same mask on the meta device (shapes, no values), which stands in for a GPU.
     Only a device error or a result on another device fails; code that reads values (which meta
     tensors do not have) is not judged here."""
-    fn = _graded_function()
+    fn = core.graded_function()  # the learner's function: called again on a meta mask
     if fn is None:
         return None
     meta = torch.empty(tgt_key_padding_mask.shape, dtype=torch.bool, device="meta")

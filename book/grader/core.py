@@ -7,6 +7,7 @@ a mutated input, a call the exercise does not allow, or a named classic mistake 
 from __future__ import annotations
 
 import ast
+import contextvars
 import importlib
 import inspect
 import signal
@@ -581,10 +582,23 @@ def _wrong_type(got, want_type) -> str | None:
 
 
 # ----------------------------------------------------------------------------- the check itself
+_GRADED: contextvars.ContextVar = contextvars.ContextVar("graded_function", default=None)
+
+
+def graded_function():
+    """The learner's function being graded right now, for a judge that must call it again (e.g. on
+    another device); None outside run_check."""
+    return _GRADED.get()
+
+
 def run_check(ex: Exercise, fn, seed: int = 0) -> Result:
     """Grade ``fn``; the caller's random-number state is left as it was."""
-    with torch.random.fork_rng(devices=[]):
-        return _run_check(ex, fn, seed)
+    token = _GRADED.set(fn)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return _run_check(ex, fn, seed)
+    finally:
+        _GRADED.reset(token)
 
 
 def _run_check(ex: Exercise, fn, seed: int = 0) -> Result:
