@@ -122,3 +122,29 @@ def trained(cfg: TransformerConfig, recipe: Recipe, target, split, vocab, device
                              lambda: _pack(*fit(cfg, recipe, target, split, vocab, device)),
                              code=(this, transformer, training, layers, multihead, attention, positional, dates))
     return _unpack(saved, cfg, device)
+
+
+# chapter 08's sizes and runs: the models that later chapters and `python -m book.serve` load
+CHAPTER08_STEPS = {"iso": 600, "zh": 500}
+
+
+def chapter08_config(vocab) -> TransformerConfig:
+    """The configuration chapter 08 trains: d_model 64, 4 heads, 2 + 2 layers, one shared vocabulary."""
+    return TransformerConfig(src_vocab_size=len(vocab), tgt_vocab_size=len(vocab), d_model=64, num_heads=4,
+                             d_ff=128, num_encoder_layers=2, num_decoder_layers=2, pad_id=vocab.PAD)
+
+
+def chapter08(target="iso", device="cpu"):
+    """Chapter 08's trained translator for ``target`` ("iso" or "zh"), from the cache (trained on first use).
+
+    Returns ``(model, vocab, split)``: the model in eval mode on ``device``, the character vocabulary and
+    the train/test split of dates it was trained and scored on.
+    """
+    from book.data.dates import CharVocab, split_dates
+
+    if target not in CHAPTER08_STEPS:
+        raise ValueError(f"target must be one of {sorted(CHAPTER08_STEPS)}, not {target!r}")
+    vocab = CharVocab()
+    split = split_dates(seed=0, test_fraction=0.1)
+    model, _ = trained(chapter08_config(vocab), Recipe(steps=CHAPTER08_STEPS[target]), target, split, vocab, device)
+    return model, vocab, split

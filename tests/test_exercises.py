@@ -40,6 +40,7 @@ DATA = {
     "07": "test_ch07_encoder_decoder", "08": "test_ch08_transformer_from_scratch",
     "09": "test_ch09_pretrained", "10": "test_ch10_bert_gpt_t5", "12": "test_ch12_vision_transformer",
     "11": "test_ch11_small_llm",
+    "13": "test_ch13_exercises", "14": "test_ch14_exercises",  # exercise data apart from the model tests
     "a1": "test_a1_keras",  # appendix A
 }
 # the smallest catalogue an exercise may have, by kind
