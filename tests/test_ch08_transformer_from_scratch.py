@@ -296,3 +296,30 @@ def test_translator_trains_once_and_loads_the_same_model(tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     assert hist2.loss == hist.loss and hist2.evals == hist.evals
     assert len(list(tmp_path.glob("*.pt"))) == 1
+
+
+def test_chapter08_loads_what_the_chapter_trains():
+    """translator.chapter08() must hit the cache entries chapter 08 writes: same config, same recipes."""
+    import ast
+
+    import nbformat
+
+    from book import translator
+    from book.transformer import TransformerConfig
+    from conftest import ROOT
+
+    nb = nbformat.read(ROOT / "chapters" / "08_transformer_from_scratch.ipynb", as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    found = {}
+    for node in ast.parse(code).body:  # the chapter's `cfg = TransformerConfig(...)` and its constants line
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) in ("cfg", "(STEPS_ISO, STEPS_ZH, WARMUP, "
+                                                                              "LR_SCALE, COOLDOWN)"):
+            found[ast.unparse(node.targets[0])] = ast.unparse(node.value)
+    vocab = CharVocab()
+    cfg = eval(found["cfg"], {"TransformerConfig": TransformerConfig, "vocab": vocab, "len": len})
+    steps_iso, steps_zh, warmup, lr_scale, cooldown = eval(found["(STEPS_ISO, STEPS_ZH, WARMUP, LR_SCALE, COOLDOWN)"])
+    assert translator.chapter08_config(vocab) == cfg
+    assert translator.CHAPTER08_STEPS == {"iso": steps_iso, "zh": steps_zh}
+    assert translator.Recipe(steps=1) == translator.Recipe(steps=1, warmup=warmup, lr_scale=lr_scale, cooldown=cooldown)
+    with pytest.raises(ValueError, match="target"):
+        translator.chapter08("fr")
