@@ -29,6 +29,10 @@ from typing import Sequence
 
 import torch
 
+# the pages this module reads at run time: the build's execution cache re-runs a notebook that uses
+# it when their prose changes (book/authoring/exec_cache.py)
+READS_PAGES = ("chapters/*.ipynb", "chapters/*.md")
+
 
 @dataclass(frozen=True)
 class Page:

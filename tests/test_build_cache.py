@@ -260,3 +260,27 @@ def test_the_extension_is_configured():
 
     assert sphinx_ext.STATIC_DIR == ROOT / "book" / "static" and (sphinx_ext.STATIC_DIR / "book.css").is_file()
     assert "book.authoring.exec_cache" in textwrap.dedent(sphinx_ext.__doc__)
+
+
+def test_a_module_that_reads_the_books_pages_makes_their_prose_part_of_the_fingerprint(fake, tmp_path):
+    """book.rag reads chapters/* at run time (READS_PAGES): a prose edit there re-runs its readers only."""
+    index, checkout = fake["index"], fake["pkg"].parent
+    (fake["pkg"] / "reader.py").write_text('READS_PAGES = ("chapters/*.ipynb", "chapters/*.md")\n')
+    page = _notebook(checkout / "chapters" / "01_page.ipynb", "x = 1")
+    (checkout / "chapters" / "notes.md").write_text("# Notes\n\nsome prose\n")
+    reader = _notebook(tmp_path / "reader.ipynb", "from book import reader")
+    other = _notebook(tmp_path / "other.ipynb", "from book.attention import softmax")
+    assert exec_cache.pages_read(fake["pkg"] / "reader.py") == ("chapters/*.ipynb", "chapters/*.md")
+    before = {nb: exec_cache.notebook_fingerprint(nb, index) for nb in (reader, other)}
+
+    nb = nbformat.read(page, as_version=4)
+    nb.cells[-1].source = "x = 2"  # a code edit: jupyter-cache's business, not the readers'
+    nbformat.write(nb, page)
+    assert exec_cache.notebook_fingerprint(reader, index) == before[reader]
+    nb.cells[0].source += "\n\nA new paragraph."  # a prose edit
+    nbformat.write(nb, page)
+    assert exec_cache.notebook_fingerprint(reader, index) != before[reader]
+    after_nb = exec_cache.notebook_fingerprint(reader, index)
+    (checkout / "chapters" / "notes.md").write_text("# Notes\n\nother prose\n")
+    assert exec_cache.notebook_fingerprint(reader, index) != after_nb
+    assert exec_cache.notebook_fingerprint(other, index) == before[other]  # a notebook that reads no pages

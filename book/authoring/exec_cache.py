@@ -15,7 +15,10 @@ whose fingerprint changed:
    top-level ``book`` package counts with its ``__init__.py`` only. Nothing is hard-coded: modules
    are found on disk, so renames and new modules need no change here.
 2. **Fingerprint.** sha256 of those files (path and bytes), plus the names of imported ``book``
-   modules that do not exist (so that creating one changes the fingerprint).
+   modules that do not exist (so that creating one changes the fingerprint). A module that reads
+   the book's own pages at run time says so with a module-level ``READS_PAGES = ("chapters/*.md",
+   ...)`` (globs from the checkout's root): the text of those pages joins the fingerprint (for a
+   notebook, its Markdown cells only), so editing a page's prose re-runs the notebooks that read it.
 3. **Stamps.** ``_build/.book_notebook_stamps.json`` maps each executed notebook (path relative to
    the book) to its fingerprint. When a fingerprint changed (or is new), that notebook's cache
    records are removed with jupyter-cache's API: every record of
@@ -256,7 +259,34 @@ def fingerprint(modules: Iterable[str], index: PackageIndex | None = None) -> st
         h.update(f.read_bytes())
     for m in sorted(m for m in modules if not index.exists(m)):
         h.update(b"\0missing\0" + m.encode())
+    checkout = index.root.parent
+    for page in sorted({p for f in files if f.suffix == ".py" for g in pages_read(f) for p in checkout.glob(g)}):
+        h.update(b"\0page\0" + page.relative_to(checkout).as_posix().encode() + b"\0")
+        h.update(_page_text(page).encode())
     return h.hexdigest()
+
+
+def pages_read(file: Path) -> tuple[str, ...]:
+    """The globs of a module's ``READS_PAGES = (...)`` (module level, string literals), else ()."""
+    try:
+        tree = ast.parse(file.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError):
+        return ()
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["READS_PAGES"]
+                and isinstance(node.value, (ast.Tuple, ast.List))):
+            return tuple(e.value for e in node.value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str))
+    return ()
+
+
+def _page_text(path: Path) -> str:
+    """A page's prose: a notebook's Markdown cells (its code is jupyter-cache's business), else the file."""
+    if path.suffix == ".ipynb":
+        try:
+            return "\n\n".join(c.source for c in read_notebook(path).cells if c.cell_type == "markdown")
+        except Exception:  # an unreadable notebook: its bytes
+            return path.read_bytes().decode("utf-8", "replace")
+    return path.read_text(encoding="utf-8", errors="replace")
 
 
 def notebook_fingerprint(path: Path, index: PackageIndex | None = None) -> str:
