@@ -7,24 +7,21 @@
 * ``predict``: class probabilities for many reviews, in batches;
 * ``bag_of_characters``: the baseline — which characters occur, and a logistic regression
   (scikit-learn);
-* ``confusion``: the 2 × 2 table of (true, predicted) counts;
-* figures for the chapter: ``confusion_heatmap`` and ``character_attention_explorer`` (one
-  review's characters, shaded by the class token's attention, behind a menu).
+* ``confusion``: the 2 × 2 table of (true, predicted) counts.
+
+The chapter's figures of these are ``viz.confusion_heatmap`` and ``viz.character_attention_explorer``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
-import plotly.graph_objects as go
 import torch
 from torch import nn
 
 from book.layers import EncoderLayer, LayerNorm, LayerOptions, TokenEmbedding, key_padding_mask
 from book.positional import LearnedPositionalEmbedding
-from book.viz.controls import add_variant_control, check_variants
-from book.viz.style import COLORSCALE, book_layout, colorbar, to_numpy
 
 
 @dataclass(frozen=True)
@@ -113,67 +110,3 @@ def confusion(true: Sequence[int], predicted: Sequence[int], num_classes: int = 
     table = np.zeros((num_classes, num_classes), dtype=int)
     np.add.at(table, (np.asarray(true, dtype=int), np.asarray(predicted, dtype=int)), 1)
     return table
-
-
-# ----------------------------------------------------------------------------- figures
-def confusion_heatmap(tables: Mapping[str, object], labels: Sequence[str], *,
-                      title: str = "Confusion matrix", label: str = "model") -> go.Figure:
-    """{model name: (C, C) counts} -> a heatmap per model behind a menu: rows are the true class,
-    columns the predicted one; each cell shows its count and the share of its row."""
-    check_variants(tables, control="dropdown", what="{name: counts}")
-    names, zs = list(tables), [to_numpy(tables[n]).astype(float) for n in tables]
-    for n, z in zip(names, zs):
-        if z.shape != (len(labels), len(labels)):
-            raise ValueError(f"{n!r}: need a {len(labels)} × {len(labels)} table, got shape {z.shape}")
-
-    def text(z):
-        share = z / np.maximum(z.sum(1, keepdims=True), 1)
-        n_rows, n_cols = z.shape
-        return [[f"{int(z[i, j]):,}<br>{share[i, j]:.1%}" for j in range(n_cols)] for i in range(n_rows)]
-
-    fig = go.Figure(go.Heatmap(z=zs[0], x=list(labels), y=list(labels), text=text(zs[0]),
-                               texttemplate="%{text}", colorscale=COLORSCALE, zmin=0,
-                               zmax=max(z.max() for z in zs), colorbar=colorbar("reviews"),
-                               hovertemplate="true %{y}, predicted %{x}: %{z:,}<extra></extra>"))
-    book_layout(fig, title, height=420, xaxis=dict(title_text="predicted", type="category"),
-                yaxis=dict(title_text="true", type="category", autorange="reversed"))
-    updates = [({"z": [z], "text": [text(z)]}, {"title.text": f"{title} — {n}"}) for n, z in zip(names, zs)]
-    return add_variant_control(fig, names, updates, control="dropdown", label=label)
-
-
-def _strip(chars: Sequence[str], weights, per_row: int):
-    """Characters row by row: (z, text, hover), each (rows, per_row); None = an empty cell."""
-    n_rows = max(1, -(-len(chars) // per_row))
-    z = np.full((n_rows, per_row), None, dtype=object)
-    text = np.full((n_rows, per_row), "", dtype=object)
-    hover = np.full((n_rows, per_row), "", dtype=object)
-    for i, (c, w) in enumerate(zip(chars, weights)):
-        r, col = divmod(i, per_row)
-        z[r, col], text[r, col] = float(w), c.replace(" ", "␣")
-        hover[r, col] = f"character {i + 1} “{text[r, col]}”: weight {float(w):.3f}"
-    return z.tolist(), text.tolist(), hover.tolist()
-
-
-def character_attention_explorer(variants: Mapping[str, tuple], *, title: str, label: str = "review",
-                                 per_row: int = 16, value_name: str = "attention") -> go.Figure:
-    """{name: (characters, weights)} -> each review's characters in rows of ``per_row``, each cell
-    shaded by its weight (e.g. the class token's attention), behind a dropdown menu."""
-    check_variants(variants, control="dropdown", what="{name: (characters, weights)}")
-    names = list(variants)
-    for n in names:
-        chars, w = variants[n]
-        if len(chars) != len(to_numpy(w)):
-            raise ValueError(f"{n!r}: {len(chars)} characters but {len(to_numpy(w))} weights")
-    drawn = [_strip(variants[n][0], to_numpy(variants[n][1]), per_row) for n in names]
-    zmax = max(float(to_numpy(variants[n][1]).max()) for n in names)
-    most_rows = max(len(z) for z, _, _ in drawn)
-    z, text, hover = drawn[0]
-    fig = go.Figure(go.Heatmap(z=z, text=text, customdata=hover, texttemplate="%{text}", zmin=0, zmax=zmax,
-                               colorscale=COLORSCALE, colorbar=colorbar(value_name), xgap=2, ygap=2,
-                               hovertemplate="%{customdata}<extra></extra>", textfont=dict(size=15)))
-    book_layout(fig, title, height=150 + 40 * most_rows, margin=dict(l=10, b=20))
-    fig.update_xaxes(visible=False, range=[-0.5, per_row - 0.5])
-    fig.update_yaxes(visible=False, autorange="reversed")
-    updates = [({"z": [z], "text": [t], "customdata": [h]}, {"title.text": f"{title} — {n}"})
-               for n, (z, t, h) in zip(names, drawn)]
-    return add_variant_control(fig, names, updates, control="dropdown", label=label)

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from book import rag, sentiment
+from book import rag, sentiment, viz
 from book.data import reviews
 from book.data.reviews import Review
 from book.sentiment import CharClassifier, ClassifierConfig
@@ -187,15 +187,15 @@ def test_bag_of_characters_and_confusion():
 
 
 def test_figures_build_and_check_their_input():
-    fig = sentiment.confusion_heatmap({"a": np.eye(2) * 5, "b": np.ones((2, 2))}, ["neg", "pos"])
+    fig = viz.confusion_heatmap({"a": np.eye(2) * 5, "b": np.ones((2, 2))}, ["neg", "pos"])
     assert len(fig.layout.updatemenus[0].buttons) == 2
     with pytest.raises(ValueError, match="2 × 2"):
-        sentiment.confusion_heatmap({"a": np.ones((3, 3))}, ["neg", "pos"])
-    fig = sentiment.character_attention_explorer({"r1": (list("很好"), [0.2, 0.8]),
+        viz.confusion_heatmap({"a": np.ones((3, 3))}, ["neg", "pos"])
+    fig = viz.character_attention_explorer({"r1": (list("很好"), [0.2, 0.8]),
                                                   "r2": (list("太差了"), [0.1, 0.3, 0.6])}, title="t")
     assert fig.data[0].text[0][:2] == ["很", "好"]
     with pytest.raises(ValueError, match="weights"):
-        sentiment.character_attention_explorer({"r": (list("很好"), [1.0])}, title="t")
+        viz.character_attention_explorer({"r": (list("很好"), [1.0])}, title="t")
 
 
 # ----------------------------------------------------------------------------- the book's pages

@@ -15,9 +15,9 @@ The package is organised by kind of figure; import everything from here
 - ``attention``: attention maps — ``attention_heatmap``, ``attention_explorer``,
   ``token_map_explorer``, ``query_explorer``, ``attention_grid``, ``attention_views``.
 - ``matrices``: heatmaps of numbers — ``similarity_heatmap``, ``matrix_explorer``,
-  ``log_heatmap_explorer``.
+  ``log_heatmap_explorer``, ``confusion_heatmap``.
 - ``tokens``: how a text splits into tokens — ``token_strip_explorer``; what each layer predicts
-  at each token — ``logit_lens_explorer``.
+  at each token — ``logit_lens_explorer``; a weight per character — ``character_attention_explorer``.
 - ``charts``: line, bar and scatter charts — ``line_plot``, ``bar_chart``, ``distribution_explorer``, ``labeled_scatter``,
   ``linear_map_explorer``.
 """
@@ -26,8 +26,8 @@ from book.viz.attention import (attention_explorer, attention_grid, attention_he
 from book.viz.charts import bar_chart, distribution_explorer, labeled_scatter, line_plot, linear_map_explorer
 from book.viz.controls import add_variant_control
 from book.viz.images import image_attention_grid, png_data_uri, tile_explorer
-from book.viz.tokens import logit_lens_explorer, token_strip_explorer
-from book.viz.matrices import log_heatmap_explorer, matrix_explorer, similarity_heatmap
+from book.viz.tokens import character_attention_explorer, logit_lens_explorer, token_strip_explorer
+from book.viz.matrices import confusion_heatmap, log_heatmap_explorer, matrix_explorer, similarity_heatmap
 from book.viz.style import (COLORSCALE, FONT, MASK_COLORSCALE, PLOT_CONFIG, SITE_RENDERER,
                             use_site_renderer)
 
@@ -36,7 +36,7 @@ __all__ = [
     "add_variant_control",
     "attention_explorer", "attention_grid", "attention_heatmap", "attention_views", "query_explorer",
     "token_map_explorer",
-    "log_heatmap_explorer", "matrix_explorer", "similarity_heatmap",
+    "confusion_heatmap", "log_heatmap_explorer", "matrix_explorer", "similarity_heatmap",
     "bar_chart", "distribution_explorer", "labeled_scatter", "line_plot", "linear_map_explorer",
-    "logit_lens_explorer", "token_strip_explorer",
+    "character_attention_explorer", "logit_lens_explorer", "token_strip_explorer",
 ]

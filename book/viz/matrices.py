@@ -1,5 +1,5 @@
 """Heatmaps of numbers: a similarity matrix, numeric matrices behind a control (e.g. positions ×
-features), and positive values on a log scale (e.g. gradient norms)."""
+features), positive values on a log scale (e.g. gradient norms), and confusion matrices."""
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -103,3 +103,28 @@ def log_heatmap_explorer(maps: Mapping[str, object], x: Sequence[float], y: Sequ
             axis.type = "category"
     updates = [{"z": [np.log10(np.clip(v, 1e-30, None))], "customdata": [v]} for v in values]  # colour, hover
     return add_variant_control(fig, names, updates, control=control, label=label, active=active, method="restyle")
+
+
+def confusion_heatmap(tables: Mapping[str, object], labels: Sequence[str], *,
+                      title: str = "Confusion matrix", label: str = "model") -> go.Figure:
+    """{model name: (C, C) counts} -> a heatmap per model behind a menu: rows are the true class,
+    columns the predicted one; each cell shows its count and the share of its row."""
+    check_variants(tables, control="dropdown", what="{name: counts}")
+    names, zs = list(tables), [to_numpy(tables[n]).astype(float) for n in tables]
+    for n, z in zip(names, zs):
+        if z.shape != (len(labels), len(labels)):
+            raise ValueError(f"{n!r}: need a {len(labels)} × {len(labels)} table, got shape {z.shape}")
+
+    def text(z):
+        share = z / np.maximum(z.sum(1, keepdims=True), 1)
+        n_rows, n_cols = z.shape
+        return [[f"{int(z[i, j]):,}<br>{share[i, j]:.1%}" for j in range(n_cols)] for i in range(n_rows)]
+
+    fig = go.Figure(go.Heatmap(z=zs[0], x=list(labels), y=list(labels), text=text(zs[0]),
+                               texttemplate="%{text}", colorscale=COLORSCALE, zmin=0,
+                               zmax=max(z.max() for z in zs), colorbar=colorbar("reviews"),
+                               hovertemplate="true %{y}, predicted %{x}: %{z:,}<extra></extra>"))
+    book_layout(fig, title, height=420, xaxis=dict(title_text="predicted", type="category"),
+                yaxis=dict(title_text="true", type="category", autorange="reversed"))
+    updates = [({"z": [z], "text": [text(z)]}, {"title.text": f"{title} — {n}"}) for n, z in zip(names, zs)]
+    return add_variant_control(fig, names, updates, control="dropdown", label=label)

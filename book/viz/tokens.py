@@ -1,5 +1,6 @@
 """How a text splits into tokens: one coloured box per token, rows that fit a phone; and what each
-layer of a language model predicts at each token (the logit lens, chapter 11)."""
+layer of a language model predicts at each token (the logit lens, chapter 11); and a weight on
+each character of a text (what a classifier attends to, chapter 14)."""
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -93,3 +94,41 @@ def logit_lens_explorer(variants: Mapping[str, tuple], *, title: str = "The logi
                      title_text="input position (the next token is predicted)")
     fig.update_yaxes(title_text="layer (0 = embeddings)")
     return add_variant_control(fig, names, updates, control=control, label=label, active=active)
+
+
+def _strip(chars: Sequence[str], weights, per_row: int):
+    """Characters row by row: (z, text, hover), each (rows, per_row); None = an empty cell."""
+    n_rows = max(1, -(-len(chars) // per_row))
+    z = np.full((n_rows, per_row), None, dtype=object)
+    text = np.full((n_rows, per_row), "", dtype=object)
+    hover = np.full((n_rows, per_row), "", dtype=object)
+    for i, (c, w) in enumerate(zip(chars, weights)):
+        r, col = divmod(i, per_row)
+        z[r, col], text[r, col] = float(w), c.replace(" ", "␣")
+        hover[r, col] = f"character {i + 1} “{text[r, col]}”: weight {float(w):.3f}"
+    return z.tolist(), text.tolist(), hover.tolist()
+
+
+def character_attention_explorer(variants: Mapping[str, tuple], *, title: str, label: str = "review",
+                                 per_row: int = 16, value_name: str = "attention") -> go.Figure:
+    """{name: (characters, weights)} -> each review's characters in rows of ``per_row``, each cell
+    shaded by its weight (e.g. the class token's attention), behind a dropdown menu."""
+    check_variants(variants, control="dropdown", what="{name: (characters, weights)}")
+    names = list(variants)
+    for n in names:
+        chars, w = variants[n]
+        if len(chars) != len(to_numpy(w)):
+            raise ValueError(f"{n!r}: {len(chars)} characters but {len(to_numpy(w))} weights")
+    drawn = [_strip(variants[n][0], to_numpy(variants[n][1]), per_row) for n in names]
+    zmax = max(float(to_numpy(variants[n][1]).max()) for n in names)
+    most_rows = max(len(z) for z, _, _ in drawn)
+    z, text, hover = drawn[0]
+    fig = go.Figure(go.Heatmap(z=z, text=text, customdata=hover, texttemplate="%{text}", zmin=0, zmax=zmax,
+                               colorscale=COLORSCALE, colorbar=colorbar(value_name), xgap=2, ygap=2,
+                               hovertemplate="%{customdata}<extra></extra>", textfont=dict(size=15)))
+    book_layout(fig, title, height=150 + 40 * most_rows, margin=dict(l=10, b=20))
+    fig.update_xaxes(visible=False, range=[-0.5, per_row - 0.5])
+    fig.update_yaxes(visible=False, autorange="reversed")
+    updates = [({"z": [z], "text": [t], "customdata": [h]}, {"title.text": f"{title} — {n}"})
+               for n, (z, t, h) in zip(names, drawn)]
+    return add_variant_control(fig, names, updates, control="dropdown", label=label)
