@@ -24,7 +24,8 @@ def online_softmax(x: torch.Tensor, block: int = 128) -> torch.Tensor:
     """softmax(x) over the last dim, reading x one block at a time with a running max m and sum s.
 
     When a block raises the max from m to m', the sum so far is rescaled by exp(m - m'), so after
-    the last block s = Σ exp(x - m) over the whole row — without ever holding the row's exponentials.
+    the last block s = Σ exp(x - m) over the whole row: the running max and sum never need the whole row at once
+    (the last line reads x again for the output).
     """
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
@@ -88,7 +89,7 @@ def mixed_precision_steps(model, batches, steps: int, loss_fn, dtype=None, lr: f
         sync()
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = loss_fn(model, batch)  # matmuls in dtype, reductions kept in fp32
+            loss = loss_fn(model, batch)  # matmuls in dtype; ops on autocast's fp32 list stay fp32 (shorter on CPU)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()  # loss × scale (× 1 when the scaler is off)
         scaler.step(opt)  # unscales; skips the step if a gradient overflowed
@@ -181,7 +182,7 @@ def distillation_loss(student_logits, teacher_logits, targets, temperature: floa
     """alpha · CE(student, targets) + (1 - alpha) · T² · KL(teacher_T ‖ student_T), pads left out.
 
     student_logits, teacher_logits (..., V); targets (...). _T: softmax of logits / temperature.
-    The T² keeps the soft term's gradients as large as at T = 1 (Hinton et al., 2015).
+    The T² keeps the soft term's gradients roughly as large as at T = 1 for large T (Hinton et al., 2015).
     """
     if temperature <= 0 or not 0 <= alpha <= 1:
         raise ValueError(f"need temperature > 0 and 0 <= alpha <= 1, got {temperature}, {alpha}")
