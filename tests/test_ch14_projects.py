@@ -325,3 +325,20 @@ def test_intro_goals_and_lead_sentence():
     assert goals == "1. do a thing; 2. do another."
     assert rag.lead_sentence(intro) == "First sentence here."
     assert rag.intro_and_goals(rag.Page("y", "T", "# T\n\nNo goals.")) is None
+
+
+def test_near_duplicates_that_begin_differently_share_a_group_and_a_side():
+    reply = "：非常感谢您选择入住本酒店并提出宝贵意见，我们会认真改进服务质量，期待您的再次光临，祝您工作顺利身体健康"  # a form reply, only its date differs
+    base = "本本刚开始用的时候感觉很好，屏幕清楚，键盘手感不错，就是散热一般"
+    rs = [Review(base, 1), Review("1 " + base, 1), Review("不足：" + base, 1),
+          Review("宾馆反馈 2008年7月31日" + reply, 0),
+          Review("宾馆反馈 2008年8月7日" + reply, 0),
+          *[Review(f"完全不同的评论第{i}条" + "好坏"[i % 2] * (i % 5 + 3), i % 2) for i in range(40)]]
+    groups = reviews.near_duplicate_groups(rs)
+    assert groups[0] == groups[1] == groups[2] and groups[3] == groups[4] and groups[0] != groups[3]
+    assert len(set(groups[5:])) > 1  # unrelated reviews are not all lumped together
+    for seed in range(5):
+        train, test = reviews.split(rs, test_fraction=0.3, seed=seed)
+        assert not reviews.similar_pairs(test, train, threshold=0.7)
+        sides = {id(r): (r in test) for r in rs}
+        assert sides[id(rs[0])] == sides[id(rs[1])] == sides[id(rs[2])] and sides[id(rs[3])] == sides[id(rs[4])]

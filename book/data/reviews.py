@@ -16,10 +16,12 @@ spaces or punctuation, some with the other label. So
 * ``deduplicate(reviews)``: one review per normalised text; a text that carries both labels, or
   nothing after normalising, is dropped — and the counts of what was dropped;
 * ``group_key(text)``: the first ``PREFIX`` characters of the normalised text. Reviews that
-  begin the same way (the same review posted twice with another ending, a hotel's form reply)
-  share a group, and
-* ``split(reviews, ...)``: a seeded split by whole groups, so no group — no near-duplicate —
-  is on both sides.
+  begin the same way (the same review posted twice with another ending) share a group;
+* ``similar_pairs`` / ``near_duplicate_groups``: reviews whose character 3-grams overlap by a
+  Jaccard of 0.7 or more (a review with a list number or a label in front, a hotel's form reply
+  with another date) join the same group too, transitively, and
+* ``split(reviews, ...)``: a seeded split by whole groups, so no group — no near-duplicate found
+  either way — is on both sides; ``similar_pairs(test, train)`` checks it on the data.
 
 ``CharTokenizer`` (chapter 10's, ``book.data.shakespeare``) turns the training reviews'
 characters into a vocabulary; ``encode`` turns reviews into padded id tensors.
@@ -34,6 +36,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from book.data.shakespeare import CharTokenizer
@@ -110,16 +113,65 @@ def deduplicate(reviews: list[Review]) -> tuple[list[Review], dict]:
     return kept, stats
 
 
+def _ngram_sets(texts: list[str], n: int):
+    """Binary (texts, n-grams) sparse matrix of the normalised texts' character n-grams, and each row's count."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    X = CountVectorizer(analyzer="char", ngram_range=(n, n), binary=True, dtype=np.float32,
+                        lowercase=False).fit_transform([normalise(t) for t in texts]).tocsr()
+    return X, np.asarray(X.sum(1)).ravel()
+
+
+def similar_pairs(a: list[Review], b: list[Review] | None = None, n: int = 3, threshold: float = 0.7,
+                  rows: int = 2000) -> list[tuple[int, int, float]]:
+    """(i, j, Jaccard) for reviews whose sets of character n-grams overlap by >= ``threshold``
+    (Jaccard: shared / either), within ``a`` (i < j) or between ``a`` and ``b``."""
+    texts = [r.text for r in a] + ([r.text for r in b] if b is not None else [])
+    X, size = _ngram_sets(texts, n)
+    left, right = (X, X) if b is None else (X[:len(a)], X[len(a):])
+    right_size = size if b is None else size[len(a):]
+    out = []
+    for start in range(0, left.shape[0], rows):  # a block of rows at a time: (rows, N) shared counts
+        inter = (left[start:start + rows] @ right.T).tocoo()
+        i, j, shared = inter.row + start, inter.col, inter.data
+        jac = shared / (size[i] + right_size[j] - shared)
+        keep = (jac >= threshold) & ((i < j) if b is None else True)
+        out += [(int(x), int(y), float(z)) for x, y, z in zip(i[keep], j[keep], jac[keep])]
+    return out
+
+
+def near_duplicate_groups(reviews: list[Review], prefix: int = PREFIX, n: int = 3,
+                          threshold: float = 0.7) -> list[int]:
+    """A group id per review: reviews that share their first ``prefix`` normalised characters, or
+    whose character n-grams overlap by Jaccard >= ``threshold``, are joined — transitively
+    (union-find), so a chain of near-copies is one group."""
+    parent = list(range(len(reviews)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, r in enumerate(reviews):
+        parent[find(i)] = find(first.setdefault(group_key(r.text, prefix), i))
+    for i, j, _ in similar_pairs(reviews, n=n, threshold=threshold):
+        parent[find(i)] = find(j)
+    return [find(i) for i in range(len(reviews))]
+
+
 def split(reviews: list[Review], test_fraction: float = 0.2, seed: int = 0,
           prefix: int = PREFIX) -> tuple[list[Review], list[Review]]:
-    """(train, test) by whole groups (``group_key``), chosen by ``seed``: reviews that share their
-    first ``prefix`` normalised characters are always on the same side."""
+    """(train, test) by whole groups (``near_duplicate_groups``), chosen by ``seed``: reviews that
+    share their first ``prefix`` normalised characters, or most of their character 3-grams, are
+    always on the same side."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
-    groups: dict[str, list[Review]] = defaultdict(list)
-    for r in reviews:
-        groups[group_key(r.text, prefix)].append(r)
-    keys = sorted(groups)  # a fixed order before shuffling: the same split on every machine
+    groups: dict[int, list[Review]] = defaultdict(list)
+    for r, g in zip(reviews, near_duplicate_groups(reviews, prefix)):
+        groups[g].append(r)
+    keys = sorted(groups, key=lambda g: normalise(groups[g][0].text))  # a fixed order before shuffling
     random.Random(seed).shuffle(keys)
     test, target = [], test_fraction * len(reviews)
     for key in keys:
